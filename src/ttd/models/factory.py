@@ -1,0 +1,39 @@
+"""Build dense CLIP models: from a configuration (random weights) or from real weights."""
+
+from __future__ import annotations
+
+from .clip import CLIP, CLIPConfig
+from .dense import DenseCLIP, dense_variant
+from ..io import default_device
+from .weights import load_weights
+
+__all__ = ["create_model", "load_model"]
+
+
+def create_model(config: CLIPConfig | None = None, dense: str = "maskclip", **overrides) -> DenseCLIP:
+    """A randomly initialised dense CLIP (ViT-B/16 shapes unless told otherwise)."""
+    config = config or CLIPConfig()
+    if overrides:
+        config = CLIPConfig(**{**config.to_dict(), **overrides})
+    return dense_variant(dense)(CLIP(config))
+
+
+def load_model(
+    name_or_path: str,
+    dense: str = "maskclip",
+    device: str | None = None,
+    quick_gelu: bool | None = None,
+) -> DenseCLIP:
+    """Load real CLIP weights (a known name such as ``ViT-B-16/openai`` or a local file) as a
+    dense model in eval mode.
+
+    ``quick_gelu`` overrides the activation for a local file (a state dict does not say which
+    one its weights were trained with; see :func:`ttd.models.weights.load_weights`).
+    """
+    variant = dense_variant(dense)
+    loaded = load_weights(name_or_path, quick_gelu=quick_gelu)
+    model = variant(CLIP(loaded.config), source=loaded.source)
+    model.clip.load_state_dict(loaded.state_dict)
+    if loaded.calibration is not None:
+        model.calibration.load_state_dict(loaded.calibration)
+    return model.to(default_device(device)).eval()

@@ -1,0 +1,1 @@
+"""The paper's three evaluation tasks: multi-tag selection, caption-level and open-vocabulary segmentation."""

@@ -112,7 +112,7 @@ def _warn_if_truncated(text: str, what: str, context_length: int) -> None:
         warnings.warn(
             f"{what} {_quote(text)} has {n} tokens, more than the text context of {context_length}: "
             "its embedding is truncated",
-            stacklevel=3,
+            stacklevel=4,  # the caller of TagSelector.score_batch
         )
 
 
@@ -293,11 +293,13 @@ class TagSelector:
         return torch.stack(tensors), index
 
     # --- scores ---
-    @torch.no_grad()
     def score_batch(self, images, captions: Sequence[str], scorings: Iterable[str] | None = None) -> TagScores:
         """Scores of every candidate of every caption, under each of ``scorings`` (default: the
         selector's own), from one image encoding and one text encoding for the whole batch."""
-        scorings = check_scorings(scorings or [self.scoring])
+        with torch.no_grad():
+            return self._score_batch(images, captions, check_scorings(scorings or [self.scoring]))
+
+    def _score_batch(self, images, captions: Sequence[str], scorings: tuple[str, ...]) -> TagScores:
         captions = list(captions)
         words = [self.candidates(c) for c in captions]
         needs_image = any(s != "text" for s in scorings)

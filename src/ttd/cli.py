@@ -73,17 +73,111 @@ def load_model_from_args(args):
     return model.eval()
 
 
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _add_tag_selection_args(p: argparse.ArgumentParser) -> None:
+    """Options of TTD step 1 shared by `ttd tags` and `ttd eval tags`."""
+    p.add_argument("--threshold", type=float, default=0.5, help="select a tag when its score >= this (default 0.5)")
+    p.add_argument("--normalize", default="softmax", choices=["softmax", "minmax", "none"], help="score normalisation across tags")
+    p.add_argument("--keep-argmax", action="store_true", help="always select the best-scoring tag")
+    p.add_argument("--stopwords", action="store_true", help="drop English stop words from the candidates")
+    p.add_argument("--template", default=None, help="prompt for each tag, e.g. 'a photo of a {}.' (default: the raw word)")
+
+
+def _add_tags(sub) -> None:
+    p = sub.add_parser("tags", help="score the candidate tags of a caption on an image and select the depicted ones")
+    p.add_argument("image", help="image file")
+    p.add_argument("caption", help="the caption, quoted")
+    p.add_argument("--scoring", default="pixel", help="comma list of pixel, image, text, image-text (default pixel)")
+    _add_tag_selection_args(p)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_model_args(p)
+    p.set_defaults(run=_run_tags)
+
+
+def _run_tags(args) -> int:
+    from .tags import TagSelector, check_scorings
+
+    scorings = check_scorings(_comma_list(args.scoring))
+    model = load_model_from_args(args)
+    selector = TagSelector(
+        model, scorings[0], args.threshold, args.normalize, args.keep_argmax, args.stopwords, args.template
+    )
+    scored = selector.score_batch([args.image], [args.caption], scorings)
+    words = scored.words[0]
+    scores = {name: scored.row(name, 0).tolist() for name in scorings}
+    chosen = {name: selector.decide(scored.row(name, 0)).tolist() for name in scorings}
+    selected = {name: [w for w, keep in zip(words, chosen[name]) if keep] for name in scorings}
+    if args.json:
+        candidates = [
+            {"word": w, "scores": {n: scores[n][k] for n in scorings}, "selected": {n: chosen[n][k] for n in scorings}}
+            for k, w in enumerate(words)
+        ]
+        print(json.dumps({"image": args.image, "caption": args.caption, "candidates": candidates, "selected": selected}, indent=2))
+        return 0
+    width = max([len("word"), *map(len, words)])
+    print(f"{'word':<{width}}  " + "  ".join(f"{n:>10}" for n in scorings))
+    for k, w in enumerate(words):
+        cells = (f"{scores[n][k]:>9.4f}{'*' if chosen[n][k] else ' '}" for n in scorings)
+        print(f"{w:<{width}}  " + "  ".join(cells))
+    for name in scorings:
+        print(f"selected ({name}, threshold {args.threshold:g}): {', '.join(selected[name]) or '(none)'}")
+    return 0
+
+
+def _add_eval_tags(eval_sub) -> None:
+    p = eval_sub.add_parser("tags", help="multi-tag selection (the paper's Table 2): P, R, F1, Acc, mAP")
+    p.add_argument("--data", required=True, help="JSONL manifest with image, caption and tags per line")
+    p.add_argument("--scorers", default="pixel,image,text,image-text", help="comma list of pixel, image, text, image-text ('' for none)")
+    p.add_argument("--taggers", default="", help="comma list of caption-only taggers: nouns, llm")
+    p.add_argument("--llm-url", default=None, help="OpenAI-compatible endpoint for the llm tagger (or TTD_LLM_URL)")
+    p.add_argument("--llm-model", default=None, help="model name the endpoint serves (or TTD_LLM_MODEL)")
+    p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per LLM request (default 60)")
+    p.add_argument("--out", required=True, help="folder for tags.json and tags.md")
+    p.add_argument("--batch-size", type=int, default=32, help="captions per model call (default 32)")
+    _add_tag_selection_args(p)
+    add_model_args(p)
+    p.set_defaults(run=_run_eval_tags)
+
+
+def _run_eval_tags(args) -> int:
+    from .data.manifest import read_manifest
+    from .evaluate.tags import evaluate_tags, tags_table, write_tags_report
+    from .tags import check_scorings
+    from .taggers import TAGGERS, create_tagger
+
+    scorers = check_scorings(_comma_list(args.scorers)) if _comma_list(args.scorers) else ()
+    options = {"llm": {"base_url": args.llm_url, "model": args.llm_model, "timeout": args.llm_timeout}}
+    names = _comma_list(args.taggers)
+    for name in names:
+        if name not in TAGGERS:
+            raise TTDError(f"unknown tagger {name!r}; choose from {', '.join(TAGGERS)}")
+    taggers = [create_tagger(name, **options.get(name, {})) for name in names]
+    records = read_manifest(args.data)
+    model = load_model_from_args(args) if scorers else None
+    result = evaluate_tags(
+        records, model, scorers, taggers, args.threshold, args.normalize, args.keep_argmax,
+        args.stopwords, args.template, args.batch_size, manifest=args.data,
+    )
+    json_path, md_path = write_tags_report(result, args.out)
+    print(tags_table(result), end="")
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate the paper's tasks: tags, caption, seg")
     eval_sub = p.add_subparsers(dest="task", required=True)
-    for add in ():
+    for add in (_add_eval_tags,):
         add(eval_sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttd", description="Text-Tag Self-Distillation for CLIP dense models")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_eval):
+    for add in (_add_info, _add_tags, _add_eval):
         add(sub)
     return parser
 

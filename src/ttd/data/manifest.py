@@ -34,7 +34,8 @@ class ManifestRecord:
 
     def require(self, name: str, manifest: str | os.PathLike = "manifest") -> None:
         """Raise a one-line error when a task needs a field this record lacks."""
-        if not getattr(self, name):
+        value = getattr(self, name)
+        if value is None or value == {}:  # an empty tag list is a valid answer ("nothing depicted")
             raise TTDError(f"{manifest}:{self.line}: field {name!r} is required for this task but missing")
 
 

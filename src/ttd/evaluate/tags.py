@@ -32,8 +32,7 @@ SCORER_LABELS = {
 
 
 def _candidates(record: ManifestRecord, stopwords: bool, manifest: str) -> list[str]:
-    if record.tags is None:  # an empty list is valid: nothing of the caption is depicted
-        record.require("tags", manifest)
+    record.require("tags", manifest)
     try:
         return tag_candidates(record.caption, stopwords)
     except TTDError as err:

@@ -58,3 +58,10 @@ def test_require_names_missing_field(folder):
     (rec,) = read_manifest(folder / "m.jsonl")
     with pytest.raises(TTDError, match=r"m.jsonl:1: field 'caption_mask' is required"):
         rec.require("caption_mask", folder / "m.jsonl")
+
+
+def test_empty_tag_list_is_present(folder):
+    (folder / "m.jsonl").write_text(json.dumps({"image": "img/a.png", "caption": "ok", "tags": []}) + "\n")
+    (rec,) = read_manifest(folder / "m.jsonl")
+    rec.require("tags")  # nothing depicted is an answer, not a missing field
+    assert rec.tags == ()

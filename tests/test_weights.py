@@ -424,7 +424,7 @@ def test_named_weights_not_cached_offline_say_how_to_get_them(hub_cache):
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("weights ViT-B-16/openai are not in the local Hugging Face cache")
-    assert "hf download timm/vit_base_patch16_clip_224.openai" in message and "local weights file" in message
+    assert "hf download timm/vit_base_patch16_clip_224.openai open_clip_model.safetensors" in message and "local weights file" in message
 
 
 # --- positional embeddings and input sizes -----------------------------------------------------

@@ -149,22 +149,24 @@ def _download(name: str, spec: WeightSpec) -> Path:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-    local_only = False
+    for filename in spec.filenames:  # the cache first: no network at all once the weights are here
+        try:
+            return Path(hf_hub_download(spec.repo_id, filename, local_files_only=True))
+        except LocalEntryNotFoundError:
+            pass
     for filename in spec.filenames:
         try:
-            return Path(hf_hub_download(spec.repo_id, filename, local_files_only=local_only))
-        except LocalEntryNotFoundError:
-            local_only = True  # offline or unreachable: only the cache can help with the next file
+            return Path(hf_hub_download(spec.repo_id, filename))
+        except LocalEntryNotFoundError:  # offline mode, or the hub is unreachable
+            raise TTDError(
+                f"weights {name} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
+                f"cannot be reached: on a connected machine run `hf download {spec.repo_id} {filename}` and copy "
+                "the cache here (or point HF_HOME at it), or pass the path of a local weights file"
+            ) from None
         except EntryNotFoundError:
             pass  # this repository has the next file instead
         except (HfHubHTTPError, OSError) as err:
             raise TTDError(f"downloading {name} from {spec.repo_id} failed: {_first_line(err)}") from None
-    if local_only:
-        raise TTDError(
-            f"weights {name} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
-            f"cannot be reached: on a connected machine run `hf download {spec.repo_id} {spec.filenames[-1]}` "
-            "and copy the cache here (or set HF_HOME), or pass the path of a local weights file"
-        )
     raise TTDError(f"{spec.repo_id} holds none of {', '.join(spec.filenames)}: pass a local weights file instead")
 
 

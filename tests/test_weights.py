@@ -100,6 +100,8 @@ def _write_open_clip(kind: str, state: dict, path):
     elif kind == "training":  # open_clip's training checkpoint: DDP prefixes inside a dict
         wrapped = {f"module.{k}": v for k, v in state.items()}
         torch.save({"epoch": 3, "name": "run", "state_dict": wrapped, "optimizer": {"state": {}}}, path)
+    elif kind == "mask":  # a scripted open_clip model keeps its causal mask as a buffer
+        torch.save({**state, "attn_mask": torch.full((77, 77), float("-inf")).triu(1)}, path)
     elif kind == "legacy":
         torch.save(state, path, _use_new_zipfile_serialization=False)
     else:
@@ -109,7 +111,7 @@ def _write_open_clip(kind: str, state: dict, path):
 @pytest.mark.parametrize(
     "kind, name",
     [("bin", "open_clip_pytorch_model.bin"), ("pt", "epoch_32.pt"), ("safetensors", "open_clip_model.safetensors"),
-     ("training", "epoch_3.pt"), ("legacy", "old.pth")],
+     ("training", "epoch_3.pt"), ("mask", "scripted_state.pt"), ("legacy", "old.pth")],
 )
 def test_open_clip_files_round_trip(tmp_path, kind, name):
     source = _source()

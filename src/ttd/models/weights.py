@@ -310,7 +310,9 @@ def _open_clip_hints(path: Path) -> _Hints:
 
 
 # --- key names ---------------------------------------------------------------------------------
-_OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")  # scalars in OpenAI's archives
+# Tensors that are not weights: scalars in OpenAI's archives, and the causal-mask buffer that
+# TorchScripted open_clip models (open_clip.create_model(..., jit=True)) keep in their state dict.
+_NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 _HF_NAMES = {
     "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
@@ -349,7 +351,7 @@ def _to_openai_names(tensors: dict[str, torch.Tensor], source: str) -> dict[str,
     if "visual.conv1.weight" not in tensors:
         sample = ", ".join(list(tensors)[:3]) or "none"
         raise TTDError(f"{source} is not a CLIP checkpoint: it has no CLIP weight names (its first keys: {sample})")
-    return {k: v for k, v in tensors.items() if k not in _OPENAI_METADATA}
+    return {k: v for k, v in tensors.items() if k not in _NOT_WEIGHTS}
 
 
 def _from_transformers(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

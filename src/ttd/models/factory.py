@@ -29,8 +29,9 @@ def load_model(
     """Load real CLIP weights (a known name such as ``ViT-B-16/openai`` or a local file) as a
     dense model in eval mode.
 
-    ``quick_gelu`` overrides the activation for a local file (a state dict does not say which
-    one its weights were trained with; see :func:`ttd.models.weights.load_weights`).
+    ``quick_gelu=None`` takes the activation from the source (named weights, ``config.json``,
+    ttd's metadata), else QuickGELU; ``True``/``False`` overrides it (a bare state dict does not
+    say which one its weights were trained with; see :mod:`ttd.models.weights`).
     """
     variant = dense_variant(dense)
     loaded = load_weights(name_or_path, quick_gelu=quick_gelu)

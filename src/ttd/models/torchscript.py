@@ -117,7 +117,8 @@ class _ArchiveUnpickler(pickle.Unpickler):
             data = bytearray(self._archive.read(f"{self._root}/data/{key}"))
             dtype = storage_type.dtype
             if len(data) != numel * dtype.itemsize:
-                raise pickle.UnpicklingError(f"storage {key} holds {len(data)} bytes, expected {numel * dtype.itemsize}")
+                expected = numel * dtype.itemsize
+                raise pickle.UnpicklingError(f"storage {key} holds {len(data)} bytes, expected {expected}")
             self._storages[key] = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
         return self._storages[key]
 
@@ -173,8 +174,9 @@ def read_torchscript_weights(path: str | Path, archive: zipfile.ZipFile) -> dict
     root = _archive_root(names)
     if root is None:
         raise TTDError(f"{path} is not a TorchScript archive: it has no single */data.pkl")
-    if f"{root}/byteorder" in names and archive.read(f"{root}/byteorder").decode().strip() != sys.byteorder:
-        raise TTDError(f"{path} was saved on a {archive.read(f'{root}/byteorder').decode().strip()}-endian machine: re-save it on this one")
+    byteorder = archive.read(f"{root}/byteorder").decode().strip() if f"{root}/byteorder" in names else sys.byteorder
+    if byteorder != sys.byteorder:
+        raise TTDError(f"{path} was saved on a {byteorder}-endian machine: re-save it on a {sys.byteorder}-endian one")
     try:
         top = _ArchiveUnpickler(archive.read(f"{root}/data.pkl"), archive, root).load()
     except _RefusedGlobal as err:

@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,6 +38,9 @@ from ..errors import TTDError
 from ..io import atomic_write_bytes
 from .clip import CLIP, CLIPConfig, config_from_state_dict
 from .torchscript import is_torchscript_archive, read_torchscript_weights
+
+if TYPE_CHECKING:
+    from .dense import DenseCLIP
 
 __all__ = ["KNOWN_WEIGHTS", "LoadedWeights", "WeightSpec", "load_weights", "save_weights"]
 
@@ -108,11 +112,14 @@ def load_weights(name_or_path: str | Path, quick_gelu: bool | None = None) -> Lo
         name, spec = spec
         source, hints = name, _Hints(spec.quick_gelu, spec.vision_heads, spec.text_heads)
         tensors, _ = _read(_download(name, spec))
-    elif _looks_like_path(text):
-        raise TTDError(f"no such weights file: {path}; pass an existing file or folder, or a known name (see `ttd info`)")
+    elif isinstance(name_or_path, Path) or _looks_like_path(text):
+        raise TTDError(
+            f"no such weights file: {path}; pass an existing file or folder, or a known name (see `ttd info`)"
+        )
     else:
         raise TTDError(
-            f"unknown weights {text!r}: choose one of {', '.join(KNOWN_WEIGHTS)}, or pass the path of a local weights file"
+            f"unknown weights {text!r}: choose one of {', '.join(KNOWN_WEIGHTS)}, "
+            "or pass the path of a local weights file"
         )
     state_dict = _to_openai_names(tensors, source)
     config = _config(state_dict, hints, quick_gelu, source)
@@ -121,13 +128,14 @@ def load_weights(name_or_path: str | Path, quick_gelu: bool | None = None) -> Lo
     return LoadedWeights(state_dict, config, source, hints.calibration)
 
 
-def save_weights(model, path: str | Path) -> Path:
+def save_weights(model: DenseCLIP, path: str | Path) -> Path:
     """Write a dense model's CLIP weights, configuration and heatmap calibration as one
     ``.safetensors`` file (atomically) that :func:`load_weights` reads back exactly."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
-    tensors.update({f"calibration.{k}": v.detach().cpu().contiguous() for k, v in model.calibration.state_dict().items()})
+    calibration = model.calibration.state_dict()
+    tensors.update({f"calibration.{k}": v.detach().cpu().contiguous() for k, v in calibration.items()})
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "source": str(model.source)}
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
@@ -220,7 +228,8 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if head[:1] == b"\x80":  # a pickle: PyTorch's legacy (pre-1.6) format
         return _torch_load(path), {}
     raise TTDError(
-        f"{path} is not a weights file: expected safetensors, a PyTorch .pt/.bin state dict or an OpenAI TorchScript archive"
+        f"{path} is not a weights file: expected safetensors, a PyTorch .pt/.bin state dict "
+        "or an OpenAI TorchScript archive"
     )
 
 
@@ -231,7 +240,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as err:  # safetensors raises its own error types for every malformed file
-        raise TTDError(f"cannot read {path}: the file is corrupt or truncated ({_first_line(err)}); download it again") from None
+        raise _corrupt(path, err) from None
 
 
 def _read_zip(path: Path) -> dict[str, torch.Tensor]:
@@ -240,23 +249,21 @@ def _read_zip(path: Path) -> dict[str, torch.Tensor]:
             if is_torchscript_archive(archive.namelist()):
                 return read_torchscript_weights(path, archive)
     except (zipfile.BadZipFile, OSError) as err:
-        raise TTDError(f"cannot read {path}: the file is corrupt or truncated ({_first_line(err)}); download it again") from None
+        raise _corrupt(path, err) from None
     return _torch_load(path)
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
-            detail = re.search(r"Unsupported (?:global|operand)[^.\n]*", str(err))
+    except Exception as err:  # torch reports truncation as RuntimeError, EOFError, ValueError …
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+            detail = re.search(r"(?i)(unsupported (?:global|operand).*?)(?:\.\s|\.?$)", str(err), re.M)
             raise TTDError(
                 f"refusing to load {path}: it holds Python objects besides tensors "
-                f"({detail.group(0) if detail else 'not a plain state dict'}); ttd loads only plain state dicts"
+                f"({detail.group(1) if detail else 'not a plain state dict'}); ttd loads only plain state dicts"
             ) from None
-        raise TTDError(f"cannot read {path}: the file is corrupt or truncated ({_first_line(err)}); download it again") from None
-    except Exception as err:  # torch reports truncation as RuntimeError, EOFError, ValueError …
-        raise TTDError(f"cannot read {path}: the file is corrupt or truncated ({_first_line(err)}); download it again") from None
+        raise _corrupt(path, err) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # an open_clip training checkpoint
     if not isinstance(obj, Mapping):
@@ -297,7 +304,9 @@ def _hf_hints(path: Path) -> _Hints:
     vision = config.get("vision_config") or config.get("vision_config_dict") or {}
     acts = {text.get("hidden_act", "quick_gelu"), vision.get("hidden_act", "quick_gelu")}
     if len(acts) > 1 or not acts <= {"quick_gelu", "gelu"}:
-        raise TTDError(f"{path}: activation {' / '.join(sorted(acts))} is not supported (only quick_gelu or gelu in both towers)")
+        raise TTDError(
+            f"{path}: activation {' / '.join(sorted(acts))} is not supported (only quick_gelu or gelu in both towers)"
+        )
     return _Hints(acts == {"quick_gelu"}, vision.get("num_attention_heads", 12), text.get("num_attention_heads", 8))
 
 
@@ -435,6 +444,10 @@ def _check_architecture(state_dict: dict[str, torch.Tensor], config: CLIPConfig,
 def _listing(items: list[str], first: int = 3) -> str:
     more = f" (+{len(items) - first} more)" if len(items) > first else ""
     return ", ".join(items[:first]) + more
+
+
+def _corrupt(path: Path, err: BaseException) -> TTDError:
+    return TTDError(f"cannot read {path}: the file is corrupt or truncated ({_first_line(err)}); download it again")
 
 
 def _first_line(err: BaseException) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .clip import CLIP, CLIPConfig
 from .dense import DenseCLIP, dense_variant
 from ..io import default_device
@@ -27,13 +29,18 @@ def load_model(
     """Load real CLIP weights (a known name such as ``ViT-B-16/openai`` or a local file) as a
     dense model in eval mode.
 
-    ``quick_gelu`` overrides the activation for a local file (a state dict does not say which
-    one its weights were trained with; see :func:`ttd.models.weights.load_weights`).
+    ``quick_gelu=None`` takes the activation from the source (named weights, ``config.json``,
+    ttd's metadata), else QuickGELU; ``True``/``False`` overrides it (a bare state dict does not
+    say which one its weights were trained with; see :mod:`ttd.models.weights`).
     """
     variant = dense_variant(dense)
     loaded = load_weights(name_or_path, quick_gelu=quick_gelu)
-    model = variant(CLIP(loaded.config), source=loaded.source)
-    model.clip.load_state_dict(loaded.state_dict)
+    # Built on the meta device, then given the loaded tensors: no random initialisation to
+    # throw away (seconds for ViT-L). load_weights has checked every key and shape already.
+    with torch.device("meta"):
+        clip = CLIP(loaded.config)
+    clip.load_state_dict(loaded.state_dict, assign=True)
+    model = variant(clip, source=loaded.source)
     if loaded.calibration is not None:
         model.calibration.load_state_dict(loaded.calibration)
     return model.to(default_device(device)).eval()

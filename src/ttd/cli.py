@@ -57,7 +57,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--quick-gelu",
         default=None,
         action=argparse.BooleanOptionalAction,
-        help="activation of a local weights file (named weights know theirs)",
+        help="force QuickGELU / GELU (default: what the weights say, else QuickGELU)",
     )
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import TTDError
 from .clip import CLIP, ResidualAttentionBlock
 from .tokenizer import tokenize
 
@@ -226,4 +227,4 @@ def dense_variant(name: str) -> type[DenseCLIP]:
     try:
         return DENSE_VARIANTS[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown dense variant {name!r}; choose one of: {', '.join(DENSE_VARIANTS)}") from None
+        raise TTDError(f"unknown dense variant {name!r}; choose one of: {', '.join(DENSE_VARIANTS)}") from None

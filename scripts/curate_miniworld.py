@@ -374,6 +374,7 @@ REJECT: dict[str, set[str]] = {
         "people/clothing/shoe_print_01.png",
     },
     "swan": {
+        "animals/birds/cigno_architetto_frances_01.png",  # scribbled reflections read as part of the bird
         "animals/birds/cigni_bianchi_e_neri_arc_01.png",
         "animals/birds/cigno_di_notte_nella_pa_01.png",
     },

@@ -507,9 +507,14 @@ def _samples(split: str, n: int, init: tuple, workers: int) -> Iterator[_Sample]
 def _write_split(out: Path, split: str, n: int, init: tuple, config: MiniWorldConfig, workers: int, progress: bool) -> None:
     from tqdm import tqdm
 
+    if n == 0:
+        return
     shards = _ShardWriter(out / split / "shards", config.shard_size)
     pairs, records = [], []
-    for folder in (f"{split}/images", f"{split}/masks", f"seg/{split}/images", f"seg/{split}/masks"):
+    folders = [f"{split}/images"]
+    if split == "val" or config.train_masks:
+        folders += [f"{split}/masks", f"seg/{split}/images", f"seg/{split}/masks"]
+    for folder in folders:
         (out / folder).mkdir(parents=True, exist_ok=True)
     for sample in tqdm(_samples(split, n, init, workers), total=n, desc=f"miniworld {split}", unit="img", disable=not progress):
         meta = json.dumps(sample.meta, ensure_ascii=False).encode()
@@ -521,9 +526,8 @@ def _write_split(out: Path, split: str, n: int, init: tuple, config: MiniWorldCo
         pairs.append({"image": sample.record["image"], "caption": sample.caption})
         records.append(sample.record)
     shards.close()
-    if n:
-        write_manifest(pairs, out / split / "pairs.jsonl")
-        write_manifest(records, out / split / "tags.jsonl")
+    write_manifest(pairs, out / split / "pairs.jsonl")
+    write_manifest(records, out / split / "tags.jsonl")
 
 
 def _classes_txt(vocabulary: Sequence[Noun]) -> str:

@@ -382,7 +382,7 @@ def _place(rng, cut: np.ndarray, objects: list[PlacedObject], k: int, config: Mi
 # ----------------------------------------------------------------------------- encoding and writing
 def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -74,7 +74,7 @@ class MiniWorldConfig:
     size: int = 64
     min_objects: int = 1
     max_objects: int = 3
-    scale: tuple[float, float] = (0.45, 0.9)  # longer side / image side of a lone object; × k^-0.4 for k objects
+    scale: tuple[float, float] = (0.45, 0.9)  # √(box area) / image side of a lone object; × k^-0.4 for k objects
     max_occlusion: float = 0.3  # a paste may hide at most this share of an earlier object (best of 30 tries)
     nouns: tuple[str, ...] | None = None  # a subset of the vocabulary, in its order; None = all
     shard_size: int = 10000
@@ -365,8 +365,9 @@ def _place(rng, cut: np.ndarray, objects: list[PlacedObject], k: int, config: Mi
     size = config.size
     best, best_visible = None, -1.0
     for _ in range(PLACEMENT_TRIES):
-        longer = rng.uniform(*config.scale) * size * k**-0.4
-        w, h = _fit((cut.shape[1], cut.shape[0]), max(4.0, longer))
+        extent = rng.uniform(*config.scale) * size * k**-0.4  # √(box area): thin objects get as much area
+        ch, cw = cut.shape[:2]
+        w, h = _fit((cw, ch), max(4.0, min(extent * max(cw, ch) / (cw * ch) ** 0.5, size)))
         rgba = np.asarray(Image.fromarray(np.ascontiguousarray(cut), "RGBA").resize((w, h), Image.LANCZOS))
         x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
         solid = np.zeros((size, size), bool)

@@ -128,7 +128,7 @@ NOUNS: dict[str, tuple[list[str], str]] = {
     "flower": (["blossom"], r"flower\d?|fiore|daisy|daffodil|rose|tulips|geranium|sun_flower|magnolia"),
     "cactus": ([], r"cactus"),
     "moon": ([], r"moon|moon-\w+|full_moon"),
-    "ball": (["football"], r"ball|soccer_ball|beachball|beach_ball|8ball"),
+    "ball": ([], r"ball|soccer_ball|beachball|beach_ball|8ball"),
     "robot": ([], r"robot"),
     "crown": ([], r"crown"),
     "envelope": ([], r"envelope|envelop"),

@@ -257,6 +257,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, fake_world, capsys):
         parse_objects("one")
     with pytest.raises(TTDError, match=r"1 ≤ MIN ≤ MAX ≤ 3, got 2-4"):
         build_miniworld(tmp_path / "o", MiniWorldConfig(min_objects=2, max_objects=4), source=root, vocabulary=vocab)
+    with pytest.raises(TTDError, match="at least 3 distinct nouns but only 2 are in use"):
+        build_miniworld(tmp_path / "o", MiniWorldConfig(min_objects=3, nouns=("cat", "dog")), source=root, vocabulary=vocab)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TTDError, match="is a file; choose a folder"):
+        build_miniworld(tmp_path / "file", MiniWorldConfig(train=1, val=1), source=root, vocabulary=vocab)
     with pytest.raises(TTDError, match="unknown noun"):
         load_vocabulary(vocab, ["cat", "unicorn"])
     bad = tmp_path / "bad.json"

@@ -25,9 +25,11 @@ import hashlib
 import io
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -465,19 +467,21 @@ def _key(index: int, shard_size: int) -> str:
 
 
 class _ShardWriter:
-    """Tar shards as img2dataset writes them, byte-reproducible (fixed mtime, owner, mode)."""
+    """Tar shards as img2dataset writes them, byte-reproducible (fixed mtime, owner, mode).
+
+    A shard is written to a hidden temporary file and renamed when complete.
+    """
 
     def __init__(self, folder: Path, shard_size: int):
         self.folder, self.shard_size = folder, shard_size
-        self.buffer: io.BytesIO | None = None
-        self.tar: tarfile.TarFile | None = None
+        self.file = self.tar = None
         self.count = self.shard = 0
         folder.mkdir(parents=True, exist_ok=True)
 
     def add(self, members: Sequence[tuple[str, bytes]]) -> None:
         if self.tar is None:
-            self.buffer = io.BytesIO()
-            self.tar = tarfile.open(fileobj=self.buffer, mode="w", format=tarfile.USTAR_FORMAT)
+            self.file = tempfile.NamedTemporaryFile(dir=self.folder, prefix=f".{self.shard:05d}.", suffix=".tmp", delete=False)
+            self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
@@ -490,8 +494,10 @@ class _ShardWriter:
         if self.tar is None:
             return
         self.tar.close()
-        atomic_write_bytes(self.folder / f"{self.shard:05d}.tar", self.buffer.getvalue())
-        self.tar, self.buffer, self.count = None, None, 0
+        self.file.close()
+        os.chmod(self.file.name, 0o644)  # temporary files are private; datasets are shared
+        os.replace(self.file.name, self.folder / f"{self.shard:05d}.tar")
+        self.tar, self.file, self.count = None, None, 0
         self.shard += 1
 
 
@@ -537,6 +543,8 @@ def _classes_txt(vocabulary: Sequence[Noun]) -> str:
 
 def _clear(out: Path, overwrite: bool) -> None:
     ours = ("train", "val", "seg", "build.json", "README.txt")
+    if out.exists() and not out.is_dir():
+        raise TTDError(f"--out {out} is a file; choose a folder")
     present = [p for p in out.iterdir()] if out.is_dir() else []
     if not present:
         return
@@ -571,6 +579,10 @@ def build_miniworld(
     missing = [k for k in range(config.min_objects, config.max_objects + 1) if k not in caption_grammar.templates]
     if missing:
         raise TTDError(f"caption grammar has no templates for {missing} object(s); lower --objects")
+    if config.min_objects > len(nouns):
+        raise TTDError(f"--objects asks for at least {config.min_objects} distinct nouns but only {len(nouns)} are in use")
+    if len(nouns) > 254:
+        raise TTDError(f"{len(nouns)} nouns do not fit uint8 class ids (at most 254); pass --nouns")
     ClipArt(source, nouns, config.size)  # checks the source before anything is written
     _clear(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)

@@ -150,7 +150,9 @@ def _all_objects(world: Path, split: str) -> list[dict]:
     objects = []
     for shard in sorted((world / split / "shards").glob("*.tar")):
         with tarfile.open(shard) as tar:
-            objects += [o for m in tar.getmembers() if m.name.endswith(".json") for o in json.load(tar.extractfile(m))["objects"]]
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    objects += json.load(tar.extractfile(m))["objects"]
     return objects
 
 
@@ -167,7 +169,9 @@ def test_scene_masks_are_own_alpha_minus_later_pastes(fake_world):
                 later |= j.solid
             assert np.array_equal(o.mask, o.solid & ~later)
             x0, y0, x1, y1 = o.box
-            assert not o.solid[:y0].any() and not o.solid[y1:].any() and not o.solid[:, :x0].any() and not o.solid[:, x1:].any()
+            inside = np.zeros_like(o.solid)
+            inside[y0:y1, x0:x1] = True
+            assert not (o.solid & ~inside).any()
         assert len({o.noun for o in scene.objects}) == len(scene.objects), "one object per noun"
 
 
@@ -245,7 +249,8 @@ def test_committed_vocabulary_and_grammar():
     vocabulary = load_vocabulary()
     assert len(vocabulary) >= 50
     assert all(len(n.files) >= 2 and all(not f.startswith("/") for f in n.files) for n in vocabulary)
-    assert {"cat", "dog", "horse", "apple", "car", "bus", "airplane", "guitar", "cup", "house", "tree"} <= {n.name for n in vocabulary}
+    expected = {"cat", "dog", "horse", "apple", "car", "bus", "airplane", "guitar", "cup", "house", "tree"}
+    assert expected <= {n.name for n in vocabulary}
     load_grammar(None, vocabulary)  # no grammar word is a vocabulary word
 
 
@@ -265,7 +270,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, fake_world, capsys):
     with pytest.raises(TTDError, match="unknown noun"):
         load_vocabulary(vocab, ["cat", "unicorn"])
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"nouns": {"cat": {"synonyms": ["pet"], "files": ["a.png"]}, "dog": {"synonyms": ["pet"], "files": ["b.png"]}}}))
+    nouns = {"cat": {"synonyms": ["pet"], "files": ["a.png"]}, "dog": {"synonyms": ["pet"], "files": ["b.png"]}}
+    bad.write_text(json.dumps({"nouns": nouns}))
     with pytest.raises(TTDError, match="word 'pet' belongs to both 'cat' and 'dog'"):
         load_vocabulary(bad)
     clash = tmp_path / "clash.json"
@@ -277,10 +283,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, fake_world, capsys):
         _build(tmp_path / "w", fake_world, train=1, val=1)
 
     capsys.readouterr()
-    assert main(["data", "miniworld", "--out", str(tmp_path / "x"), "--source", str(tmp_path / "nope"), "--vocabulary", str(vocab)]) == 2
+    cli = ["data", "miniworld", "--out", str(tmp_path / "x"), "--vocabulary", str(vocab)]
+    assert main([*cli, "--source", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ttd data: error: clip-art source folder not found") and err.count("\n") == 1
-    assert main(["data", "miniworld", "--out", str(tmp_path / "x"), "--size", "16", "--source", str(root), "--vocabulary", str(vocab)]) == 2
+    assert main([*cli, "--size", "16", "--source", str(root)]) == 2
     assert "--size must be between 32 and 512" in capsys.readouterr().err
 
 

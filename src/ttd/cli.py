@@ -102,8 +102,12 @@ def _add_data_miniworld(sub) -> None:
     p.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels, 32-512 (default 64)")
     p.add_argument("--objects", default="1-3", help="objects per image: N or MIN-MAX, at most 3 (default 1-3)")
-    p.add_argument("--scale", default="0.45-0.9", help="size of a lone object, √(box area) / image side, MIN-MAX (default 0.45-0.9)")
-    p.add_argument("--max-occlusion", type=float, default=0.3, help="share of an object a later one may hide (default 0.3)")
+    p.add_argument(
+        "--scale", default="0.45-0.9", help="size of a lone object, √(box area) / image side, MIN-MAX (default 0.45-0.9)"
+    )
+    p.add_argument(
+        "--max-occlusion", type=float, default=0.3, help="share of an object a later one may hide (default 0.3)"
+    )
     p.add_argument("--nouns", default=None, help="comma-separated subset of the vocabulary (default: all)")
     p.add_argument("--source", type=Path, default=None, help="clip-art root (default /usr/share/openclipart/png)")
     p.add_argument("--vocabulary", type=Path, default=None, help="vocabulary JSON (default: the committed one)")

@@ -188,7 +188,8 @@ class CaptionGrammar:
 
     def words(self) -> set[str]:
         """Every word the grammar itself can put in a caption (none of them is depicted)."""
-        text = " ".join([*(t for ts in self.templates.values() for t in ts), *(p for ps in self.slots.values() for p in ps)])
+        phrases = [*(t for ts in self.templates.values() for t in ts), *(p for ps in self.slots.values() for p in ps)]
+        text = " ".join(phrases)
         return {w for w in re.sub(r"\{[a-z0-9]+\}|[^a-z ]", " ", text.lower()).split()}
 
     def caption(self, rng: np.random.Generator, words: Sequence[str]) -> str:
@@ -240,7 +241,8 @@ def load_grammar(path: str | Path | None = None, vocabulary: Sequence[Noun] = ()
             raise TTDError(f"caption grammar {path}: slot {slot!r} is required (object phrases use it)")
     clash = grammar.words() & {w for n in vocabulary for w in n.words}
     if clash:
-        raise TTDError(f"caption grammar {path} uses vocabulary word(s) {', '.join(sorted(clash))}: they would look depicted")
+        words = ", ".join(sorted(clash))
+        raise TTDError(f"caption grammar {path} uses vocabulary word(s) {words}: they would look depicted")
     return grammar
 
 
@@ -480,7 +482,8 @@ class _ShardWriter:
 
     def add(self, members: Sequence[tuple[str, bytes]]) -> None:
         if self.tar is None:
-            self.file = tempfile.NamedTemporaryFile(dir=self.folder, prefix=f".{self.shard:05d}.", suffix=".tmp", delete=False)
+            prefix = f".{self.shard:05d}."
+            self.file = tempfile.NamedTemporaryFile(dir=self.folder, prefix=prefix, suffix=".tmp", delete=False)
             self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
         for name, data in members:
             info = tarfile.TarInfo(name)
@@ -511,7 +514,9 @@ def _samples(split: str, n: int, init: tuple, workers: int) -> Iterator[_Sample]
         yield from pool.imap(_render, jobs, chunksize=16)
 
 
-def _write_split(out: Path, split: str, n: int, init: tuple, config: MiniWorldConfig, workers: int, progress: bool) -> None:
+def _write_split(
+    out: Path, split: str, n: int, init: tuple, config: MiniWorldConfig, workers: int, progress: bool
+) -> None:
     from tqdm import tqdm
 
     if n == 0:
@@ -523,7 +528,8 @@ def _write_split(out: Path, split: str, n: int, init: tuple, config: MiniWorldCo
         folders += [f"{split}/masks", f"seg/{split}/images", f"seg/{split}/masks"]
     for folder in folders:
         (out / folder).mkdir(parents=True, exist_ok=True)
-    for sample in tqdm(_samples(split, n, init, workers), total=n, desc=f"miniworld {split}", unit="img", disable=not progress):
+    samples = _samples(split, n, init, workers)
+    for sample in tqdm(samples, total=n, desc=f"miniworld {split}", unit="img", disable=not progress):
         meta = json.dumps(sample.meta, ensure_ascii=False).encode()
         shards.add([(f"{sample.key}.jpg", sample.jpeg), (f"{sample.key}.txt", sample.caption.encode()),
                     (f"{sample.key}.json", meta), (f"{sample.key}.seg.png", sample.class_mask)])  # fmt: skip
@@ -549,10 +555,13 @@ def _clear(out: Path, overwrite: bool) -> None:
     if not present:
         return
     if not overwrite:
-        raise TTDError(f"output folder {out} is not empty; pass --overwrite to replace a previous build, or choose another --out")
+        raise TTDError(
+            f"output folder {out} is not empty; pass --overwrite to replace a previous build, or choose another --out"
+        )
     foreign = [p.name for p in present if p.name not in ours]
     if foreign:
-        raise TTDError(f"output folder {out} holds files a mini-world build did not write ({', '.join(sorted(foreign)[:3])}); choose another --out")
+        names = ", ".join(sorted(foreign)[:3])
+        raise TTDError(f"output folder {out} holds files a mini-world build did not write ({names}); choose another --out")
     for p in present:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
@@ -610,7 +619,8 @@ def build_miniworld(
     atomic_write_bytes(out / "README.txt", _readme(config, nouns).encode())
     save_json(build, out / "build.json")
     total = config.train + config.val
-    return {"out": str(out), "images": total, "seconds": seconds, "images_per_s": total / max(seconds, 1e-9), "nouns": len(nouns)}
+    rate = total / max(seconds, 1e-9)
+    return {"out": str(out), "images": total, "seconds": seconds, "images_per_s": rate, "nouns": len(nouns)}
 
 
 def _readme(config: MiniWorldConfig, nouns: Sequence[Noun]) -> str:

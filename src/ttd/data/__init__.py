@@ -1,5 +1,6 @@
 """Datasets: JSONL manifests, image-text pairs, segmentation layouts, the mini-world builder."""
 
 from .manifest import ManifestRecord, read_manifest, write_manifest
+from .miniworld import MiniWorldConfig, build_miniworld
 
-__all__ = ["ManifestRecord", "read_manifest", "write_manifest"]
+__all__ = ["ManifestRecord", "read_manifest", "write_manifest", "MiniWorldConfig", "build_miniworld"]

@@ -1,0 +1,651 @@
+"""The mini-world: clip-art composites with captions, tags and exact masks, built offline.
+
+Each image pastes 1–3 public-domain clip-art cut-outs (Debian's ``openclipart-png``) on a
+procedural background; the cut-outs' alpha channels give exact per-object masks, with later
+pastes occluding earlier ones. Captions come from a small grammar that mixes the depicted words
+with words naming nothing in the image ("a drawing of a cute bee beside an old hammer on the
+beach sand"), which is what single tag bias needs to show. Everything is deterministic: sample
+``i`` of a split draws from ``numpy.random.default_rng([seed, split, i])``, so the same seed
+gives the same bytes in every output file, with any number of worker processes.
+
+Layout written by :func:`build_miniworld` (see ``docs/miniworld.md`` and the ``README.txt`` it writes)::
+
+    OUT/{train,val}/shards/NNNNN.tar        KEY.jpg + KEY.txt + KEY.json (+ KEY.seg.png), as img2dataset writes
+    OUT/{train,val}/images/KEY.jpg          the same JPEGs, for the manifests
+    OUT/{train,val}/pairs.jsonl             {"image", "caption"}
+    OUT/{train,val}/tags.jsonl              + "tags", "caption_mask", "tag_masks" (multi-tag AND caption-mask manifest)
+    OUT/{train,val}/masks/KEY_caption.png   union of the depicted objects; KEY_<word>.png per depicted word
+    OUT/seg/{train,val}/                    generic segmentation layout: images/KEY.png, masks/KEY.png, classes.txt
+    OUT/build.json, OUT/README.txt
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import TTDError
+from ..io import atomic_write_bytes, save_json
+from .manifest import write_manifest
+from .textures import random_texture
+
+__all__ = [
+    "DEFAULT_SOURCE",
+    "MiniWorldConfig",
+    "Noun",
+    "CaptionGrammar",
+    "ClipArt",
+    "Scene",
+    "load_vocabulary",
+    "load_grammar",
+    "compose_scene",
+    "build_miniworld",
+    "parse_objects",
+]
+
+DEFAULT_SOURCE = Path("/usr/share/openclipart/png")
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "miniworld"
+INSTALL_HINT = "install it with `apt-get install -y openclipart-png` or pass --source"
+SPLITS = {"train": 0, "val": 1}  # the second entry of every sample's seed
+PLACEMENT_TRIES = 30
+MASK_VALUE = 1  # manifest masks: non-zero = foreground (255 would mean "ignore")
+FORMAT = "ttd-miniworld/1"
+
+
+@dataclass(frozen=True)
+class MiniWorldConfig:
+    """What the world looks like; every field is a ``ttd data miniworld`` option."""
+
+    seed: int = 0
+    train: int = 10000
+    val: int = 1000
+    size: int = 64
+    min_objects: int = 1
+    max_objects: int = 3
+    scale: tuple[float, float] = (0.45, 0.9)  # √(box area) / image side of a lone object; × k^-0.4 for k objects
+    max_occlusion: float = 0.3  # a paste may hide at most this share of an earlier object (best of 30 tries)
+    nouns: tuple[str, ...] | None = None  # a subset of the vocabulary, in its order; None = all
+    shard_size: int = 10000
+    train_masks: bool = True  # masks and the segmentation set for the training split too
+    jpeg_quality: int = 90
+
+    def validate(self, max_caption_objects: int) -> None:
+        if self.seed < 0:
+            raise TTDError(f"--seed must be ≥ 0, got {self.seed}")
+        if self.train < 0 or self.val < 0 or self.train + self.val == 0:
+            raise TTDError(f"--train and --val must be ≥ 0 and not both 0, got {self.train} and {self.val}")
+        if not 32 <= self.size <= 512:
+            raise TTDError(f"--size must be between 32 and 512 pixels, got {self.size}")
+        if not 1 <= self.min_objects <= self.max_objects <= max_caption_objects:
+            raise TTDError(
+                f"--objects must be N or MIN-MAX with 1 ≤ MIN ≤ MAX ≤ {max_caption_objects}, "
+                f"got {self.min_objects}-{self.max_objects}"
+            )
+        lo, hi = self.scale
+        if not 0.05 <= lo <= hi <= 1.0:
+            raise TTDError(f"--scale must be MIN-MAX with 0.05 ≤ MIN ≤ MAX ≤ 1, got {lo}-{hi}")
+        if not 0.0 <= self.max_occlusion < 1.0:
+            raise TTDError(f"--max-occlusion must be in [0, 1), got {self.max_occlusion}")
+        if self.shard_size < 1:
+            raise TTDError(f"--shard-size must be ≥ 1, got {self.shard_size}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise TTDError(f"JPEG quality must be in [1, 100], got {self.jpeg_quality}")
+
+
+def parse_objects(text: str) -> tuple[int, int]:
+    """``"2"`` → (2, 2); ``"1-3"`` → (1, 3)."""
+    return _parse_range(text, int, "--objects", "N or MIN-MAX, e.g. 1-3")
+
+
+def parse_scale(text: str) -> tuple[float, float]:
+    """``"0.45-0.9"`` → (0.45, 0.9)."""
+    return _parse_range(text, float, "--scale", "MIN-MAX, e.g. 0.45-0.9")
+
+
+def _parse_range(text: str, kind, option: str, expected: str):
+    parts = str(text).split("-")
+    try:
+        values = [kind(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise TTDError(f"{option} must be {expected}, got {text!r}")
+    return values[0], values[-1]
+
+
+# ----------------------------------------------------------------------------- vocabulary and grammar
+WORD = re.compile(r"^[a-z]+$")
+
+
+@dataclass(frozen=True)
+class Noun:
+    name: str
+    synonyms: tuple[str, ...]
+    files: tuple[str, ...]
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return (self.name, *self.synonyms)
+
+
+def load_vocabulary(path: str | Path | None = None, nouns: Sequence[str] | None = None) -> list[Noun]:
+    """The committed noun vocabulary (or ``path``), optionally restricted to ``nouns``.
+
+    Every noun and synonym is one lower-case word, used by one noun only, so a caption word names
+    at most one class.
+    """
+    path = Path(path) if path else ASSETS / "vocabulary.json"
+    doc = _read_json(path, "vocabulary")
+    entries = doc.get("nouns") if isinstance(doc, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise TTDError(f"vocabulary {path} must hold a non-empty object 'nouns'")
+    vocabulary, owner = [], {}
+    for name, entry in entries.items():
+        synonyms = entry.get("synonyms", []) if isinstance(entry, dict) else None
+        files = entry.get("files") if isinstance(entry, dict) else None
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+            raise TTDError(f"vocabulary {path}: noun {name!r} needs a non-empty list 'files'")
+        if not isinstance(synonyms, list):
+            raise TTDError(f"vocabulary {path}: noun {name!r}: 'synonyms' must be a list of words")
+        for word in [name, *synonyms]:
+            if not isinstance(word, str) or not WORD.match(word):
+                raise TTDError(f"vocabulary {path}: {word!r} is not one lower-case word (a-z)")
+            if word in owner:
+                raise TTDError(f"vocabulary {path}: word {word!r} belongs to both {owner[word]!r} and {name!r}")
+            owner[word] = name
+        vocabulary.append(Noun(name, tuple(synonyms), tuple(files)))
+    if nouns:
+        known = {n.name for n in vocabulary}
+        unknown = [n for n in nouns if n not in known]
+        if unknown:
+            raise TTDError(f"unknown noun(s) {', '.join(unknown)}; the vocabulary has: {', '.join(sorted(known))}")
+        wanted = set(nouns)
+        vocabulary = [n for n in vocabulary if n.name in wanted]
+    return vocabulary
+
+
+@dataclass(frozen=True)
+class CaptionGrammar:
+    """Templates per object count with ``{o1}``… object phrases and ``{slot}`` phrases."""
+
+    templates: dict[int, tuple[str, ...]]
+    slots: dict[str, tuple[str, ...]]
+    optional: dict[str, float] = field(default_factory=dict)
+
+    def words(self) -> set[str]:
+        """Every word the grammar itself can put in a caption (none of them is depicted)."""
+        phrases = [*(t for ts in self.templates.values() for t in ts), *(p for ps in self.slots.values() for p in ps)]
+        text = " ".join(phrases)
+        return {w for w in re.sub(r"\{[a-z0-9]+\}|[^a-z ]", " ", text.lower()).split()}
+
+    def caption(self, rng: np.random.Generator, words: Sequence[str]) -> str:
+        """A caption naming ``words`` in this order, with undepicted words around them."""
+        template = self._pick(rng, self.templates[len(words)])
+
+        def fill(match: re.Match) -> str:
+            slot = match.group(1)
+            if slot[0] == "o" and slot[1:].isdigit():
+                return self._object_phrase(rng, words[int(slot[1:]) - 1])
+            return self._slot(rng, slot)
+
+        text = re.sub(r"\{([a-z0-9]+)\}", fill, template)
+        text = " ".join(text.split()).replace(" ,", ",")
+        return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+    def _object_phrase(self, rng: np.random.Generator, word: str) -> str:
+        return f"{self._slot(rng, 'determiner')} {self._slot(rng, 'adjective')} {word}"
+
+    def _slot(self, rng: np.random.Generator, slot: str) -> str:
+        if slot in self.optional and rng.random() >= self.optional[slot]:
+            return ""
+        return self._pick(rng, self.slots[slot])
+
+    @staticmethod
+    def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+        return options[int(rng.integers(len(options)))]
+
+
+def load_grammar(path: str | Path | None = None, vocabulary: Sequence[Noun] = ()) -> CaptionGrammar:
+    """The caption grammar (committed default or ``path``), checked against ``vocabulary``."""
+    path = Path(path) if path else ASSETS / "captions.json"
+    doc = _read_json(path, "caption grammar")
+    try:
+        grammar = CaptionGrammar(
+            templates={int(k): tuple(v) for k, v in doc["templates"].items()},
+            slots={k: tuple(v) for k, v in doc["slots"].items()},
+            optional={k: float(v) for k, v in doc.get("optional", {}).items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise TTDError(f"caption grammar {path} needs 'templates' {{count: [..]}} and 'slots' {{name: [..]}}") from None
+    for ts in grammar.templates.values():
+        for t in ts:
+            for slot in re.findall(r"\{([a-z0-9]+)\}", t):
+                if not (slot[0] == "o" and slot[1:].isdigit()) and slot not in grammar.slots:
+                    raise TTDError(f"caption grammar {path}: template {t!r} uses unknown slot {slot!r}")
+    for slot in ("determiner", "adjective"):
+        if slot not in grammar.slots:
+            raise TTDError(f"caption grammar {path}: slot {slot!r} is required (object phrases use it)")
+    clash = grammar.words() & {w for n in vocabulary for w in n.words}
+    if clash:
+        words = ", ".join(sorted(clash))
+        raise TTDError(f"caption grammar {path} uses vocabulary word(s) {words}: they would look depicted")
+    return grammar
+
+
+def _read_json(path: Path, what: str):
+    if not path.is_file():
+        raise TTDError(f"{what} file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TTDError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+# ----------------------------------------------------------------------------- clip-art cut-outs
+class ClipArt:
+    """Cut-outs of the vocabulary's files: RGBA, cropped to the alpha box, longer side ≤ ``max_side``.
+
+    Loaded lazily and cached per process (decoding the large source PNGs dominates otherwise).
+    """
+
+    def __init__(self, source: str | Path, vocabulary: Sequence[Noun], max_side: int):
+        self.source = Path(source)
+        if not self.source.is_dir():
+            raise TTDError(f"clip-art source folder not found: {self.source}; {INSTALL_HINT}")
+        for noun in vocabulary:
+            for f in noun.files:
+                if not (self.source / f).is_file():
+                    raise TTDError(f"clip-art file of {noun.name!r} not found: {self.source / f}; {INSTALL_HINT}")
+        self.vocabulary = list(vocabulary)
+        self.max_side = max_side
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def cutout(self, noun: int, index: int) -> np.ndarray:
+        key = (noun, index)
+        if key not in self._cache:
+            self._cache[key] = self._load(self.source / self.vocabulary[noun].files[index])
+        return self._cache[key]
+
+    def _load(self, path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGBA")
+        except (OSError, Image.DecompressionBombError) as err:
+            raise TTDError(f"cannot read clip-art {path}: {err}") from None
+        box = im.getchannel("A").getbbox()
+        if box is None:
+            raise TTDError(f"clip-art {path} is fully transparent; remove it from the vocabulary")
+        im = im.crop(box)
+        longer = max(im.size)
+        if longer > self.max_side:
+            im = im.resize(_fit(im.size, self.max_side), Image.LANCZOS)
+        return np.asarray(im)
+
+
+def _fit(size: tuple[int, int], longer: float) -> tuple[int, int]:
+    """(w, h) scaled so that the longer side is ``longer`` pixels (each side ≥ 1)."""
+    w, h = size
+    s = longer / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+# ----------------------------------------------------------------------------- composition
+@dataclass
+class PlacedObject:
+    noun: int  # index into the vocabulary in use
+    file: str
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) of the pasted cut-out
+    flip: bool
+    solid: np.ndarray  # (S, S) bool: where its own alpha ≥ 0.5
+    mask: np.ndarray  # (S, S) bool: ``solid`` minus every later paste's ``solid`` (what is visible)
+    word: str = ""
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # (S, S, 3) uint8
+    objects: list[PlacedObject]  # paste order, bottom first; fully occluded ones dropped
+    caption: str
+    tags: list[str]  # depicted words in caption order
+    background: str
+
+
+def compose_scene(rng: np.random.Generator, clipart: ClipArt, grammar: CaptionGrammar, config: MiniWorldConfig) -> Scene:
+    """One composite: background, 1–3 pasted cut-outs of distinct nouns, masks, caption."""
+    size, vocabulary = config.size, clipart.vocabulary
+    k = min(int(rng.integers(config.min_objects, config.max_objects + 1)), len(vocabulary))
+    nouns = rng.choice(len(vocabulary), size=k, replace=False)
+    background, canvas = random_texture(rng, size)
+    objects: list[PlacedObject] = []
+    for noun in nouns:
+        noun = int(noun)
+        index = int(rng.integers(len(vocabulary[noun].files)))
+        flip = bool(rng.random() < 0.5)
+        cut = clipart.cutout(noun, index)
+        if flip:
+            cut = cut[:, ::-1]
+        rgba, (x, y), solid = _place(rng, cut, objects, k, config)
+        h, w = rgba.shape[:2]
+        alpha = rgba[..., 3:4].astype(np.float32) / 255
+        region = canvas[y : y + h, x : x + w]
+        canvas[y : y + h, x : x + w] = region * (1 - alpha) + rgba[..., :3].astype(np.float32) * alpha
+        for earlier in objects:
+            earlier.mask &= ~solid
+        objects.append(PlacedObject(noun, vocabulary[noun].files[index], (x, y, x + w, y + h), flip, solid, solid.copy()))
+    objects = [o for o in objects if o.mask.any()]
+    for o in objects:
+        o.word = _pick_word(rng, vocabulary[o.noun])
+    order = rng.permutation(len(objects))
+    tags = [objects[i].word for i in order]
+    caption = grammar.caption(rng, tags)
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return Scene(image, objects, caption, tags, background)
+
+
+def _pick_word(rng: np.random.Generator, noun: Noun, synonym_rate: float = 0.2) -> str:
+    """The noun itself, or one of its synonyms (20 %), so captions vary like real ones."""
+    if noun.synonyms and rng.random() < synonym_rate:
+        return noun.synonyms[int(rng.integers(len(noun.synonyms)))]
+    return noun.name
+
+
+def _place(rng, cut: np.ndarray, objects: list[PlacedObject], k: int, config: MiniWorldConfig):
+    """Scale and position a cut-out; keep the first try that hides ≤ ``max_occlusion`` of every
+    earlier object, else the best of :data:`PLACEMENT_TRIES`."""
+    size = config.size
+    best, best_visible = None, -1.0
+    for _ in range(PLACEMENT_TRIES):
+        extent = rng.uniform(*config.scale) * size * k**-0.4  # √(box area): thin objects get as much area
+        ch, cw = cut.shape[:2]
+        w, h = _fit((cw, ch), max(4.0, min(extent * max(cw, ch) / (cw * ch) ** 0.5, size)))
+        rgba = np.asarray(Image.fromarray(np.ascontiguousarray(cut), "RGBA").resize((w, h), Image.LANCZOS))
+        x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+        solid = np.zeros((size, size), bool)
+        solid[y : y + h, x : x + w] = rgba[..., 3] >= 128
+        visible = min(((o.mask & ~solid).sum() / max(o.solid.sum(), 1) for o in objects), default=1.0)
+        if visible > best_visible:
+            best, best_visible = (rgba, (x, y), solid), visible
+        if visible >= 1 - config.max_occlusion:
+            break
+    return best
+
+
+# ----------------------------------------------------------------------------- encoding and writing
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _jpeg(array: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@dataclass
+class _Sample:
+    key: str
+    jpeg: bytes
+    caption: str
+    meta: dict
+    class_mask: bytes  # uint8 PNG of class ids (0 = background)
+    files: dict[str, bytes]  # relative path under OUT → bytes (masks, segmentation set)
+    record: dict  # tags-manifest record (paths relative to the split folder)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(source, vocabulary, grammar, config) -> None:
+    _WORKER.update(clipart=ClipArt(source, vocabulary, config.size), grammar=grammar, config=config)
+
+
+def _render(job: tuple[str, int]) -> _Sample:
+    split, index = job
+    clipart, grammar, config = _WORKER["clipart"], _WORKER["grammar"], _WORKER["config"]
+    rng = np.random.default_rng([config.seed, SPLITS[split], index])
+    scene = compose_scene(rng, clipart, grammar, config)
+    key = _key(index, config.shard_size)
+    vocabulary = clipart.vocabulary
+    class_ids = np.zeros((config.size, config.size), np.uint8)
+    objects = []
+    for o in scene.objects:
+        class_ids[o.mask] = o.noun + 1
+        objects.append(
+            {
+                "noun": vocabulary[o.noun].name,
+                "word": o.word,
+                "class_id": o.noun + 1,
+                "file": o.file,
+                "box": list(o.box),
+                "flip": o.flip,
+                "visible": round(float(o.mask.sum() / max(o.solid.sum(), 1)), 4),
+            }
+        )
+    meta = {
+        "key": key,
+        "caption": scene.caption,
+        "status": "success",
+        "width": config.size,
+        "height": config.size,
+        "tags": scene.tags,
+        "classes": {o.word: o.noun + 1 for o in scene.objects},
+        "objects": objects,
+        "background": scene.background,
+        "seed": [config.seed, SPLITS[split], index],
+    }
+    record = {"image": f"images/{key}.jpg", "caption": scene.caption, "tags": scene.tags}
+    files: dict[str, bytes] = {}
+    if split == "val" or config.train_masks:
+        record["caption_mask"] = f"masks/{key}_caption.png"
+        record["tag_masks"] = {word: f"masks/{key}_{word}.png" for word in scene.tags}
+        files[f"{split}/masks/{key}_caption.png"] = _png((class_ids > 0).astype(np.uint8) * MASK_VALUE)
+        for o in scene.objects:
+            files[f"{split}/masks/{key}_{o.word}.png"] = _png(o.mask.astype(np.uint8) * MASK_VALUE)
+        files[f"seg/{split}/images/{key}.png"] = _png(scene.image)
+        files[f"seg/{split}/masks/{key}.png"] = _png(class_ids)
+    return _Sample(key, _jpeg(scene.image, config.jpeg_quality), scene.caption, meta, _png(class_ids), files, record)
+
+
+def _key(index: int, shard_size: int) -> str:
+    """img2dataset's key: shard number (5 digits) then the index inside the shard."""
+    shard, inside = divmod(index, shard_size)
+    return f"{shard:05d}{inside:0{len(str(shard_size - 1))}d}"
+
+
+class _ShardWriter:
+    """Tar shards as img2dataset writes them, byte-reproducible (fixed mtime, owner, mode).
+
+    A shard is written to a hidden temporary file and renamed when complete.
+    """
+
+    def __init__(self, folder: Path, shard_size: int):
+        self.folder, self.shard_size = folder, shard_size
+        self.file = self.tar = None
+        self.count = self.shard = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, members: Sequence[tuple[str, bytes]]) -> None:
+        if self.tar is None:
+            prefix = f".{self.shard:05d}."
+            self.file = tempfile.NamedTemporaryFile(dir=self.folder, prefix=prefix, suffix=".tmp", delete=False)
+            self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            self.tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+        if self.count == self.shard_size:
+            self.close()
+
+    def close(self) -> None:
+        if self.tar is None:
+            return
+        self.tar.close()
+        self.file.close()
+        os.chmod(self.file.name, 0o644)  # temporary files are private; datasets are shared
+        os.replace(self.file.name, self.folder / f"{self.shard:05d}.tar")
+        self.tar, self.file, self.count = None, None, 0
+        self.shard += 1
+
+
+def _samples(split: str, n: int, init: tuple, workers: int) -> Iterator[_Sample]:
+    jobs = [(split, i) for i in range(n)]
+    if workers <= 1:
+        _init_worker(*init)
+        yield from map(_render, jobs)
+        return
+    with multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        yield from pool.imap(_render, jobs, chunksize=16)
+
+
+def _write_split(
+    out: Path, split: str, n: int, init: tuple, config: MiniWorldConfig, workers: int, progress: bool
+) -> None:
+    from tqdm import tqdm
+
+    if n == 0:
+        return
+    shards = _ShardWriter(out / split / "shards", config.shard_size)
+    pairs, records = [], []
+    folders = [f"{split}/images"]
+    if split == "val" or config.train_masks:
+        folders += [f"{split}/masks", f"seg/{split}/images", f"seg/{split}/masks"]
+    for folder in folders:
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    samples = _samples(split, n, init, workers)
+    for sample in tqdm(samples, total=n, desc=f"miniworld {split}", unit="img", disable=not progress):
+        meta = json.dumps(sample.meta, ensure_ascii=False).encode()
+        shards.add([(f"{sample.key}.jpg", sample.jpeg), (f"{sample.key}.txt", sample.caption.encode()),
+                    (f"{sample.key}.json", meta), (f"{sample.key}.seg.png", sample.class_mask)])  # fmt: skip
+        (out / split / "images" / f"{sample.key}.jpg").write_bytes(sample.jpeg)
+        for rel, data in sample.files.items():
+            (out / rel).write_bytes(data)
+        pairs.append({"image": sample.record["image"], "caption": sample.caption})
+        records.append(sample.record)
+    shards.close()
+    write_manifest(pairs, out / split / "pairs.jsonl")
+    write_manifest(records, out / split / "tags.jsonl")
+
+
+def _classes_txt(vocabulary: Sequence[Noun]) -> str:
+    return "background\n" + "".join(",".join(n.words) + "\n" for n in vocabulary)
+
+
+def _clear(out: Path, overwrite: bool) -> None:
+    ours = ("train", "val", "seg", "build.json", "README.txt")
+    if out.exists() and not out.is_dir():
+        raise TTDError(f"--out {out} is a file; choose a folder")
+    present = [p for p in out.iterdir()] if out.is_dir() else []
+    if not present:
+        return
+    if not overwrite:
+        raise TTDError(
+            f"output folder {out} is not empty; pass --overwrite to replace a previous build, or choose another --out"
+        )
+    foreign = [p.name for p in present if p.name not in ours]
+    if foreign:
+        names = ", ".join(sorted(foreign)[:3])
+        raise TTDError(f"output folder {out} holds files a mini-world build did not write ({names}); choose another --out")
+    for p in present:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def build_miniworld(
+    out: str | Path,
+    config: MiniWorldConfig = MiniWorldConfig(),
+    source: str | Path = DEFAULT_SOURCE,
+    vocabulary: str | Path | None = None,
+    grammar: str | Path | None = None,
+    workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Build the mini-world into ``out`` and return a summary (counts, seconds, images/s).
+
+    ``workers`` > 1 renders in that many processes; the bytes written do not depend on it.
+    ``build.json`` is written last: its presence marks a complete build.
+    """
+    out = Path(out)
+    nouns = load_vocabulary(vocabulary, config.nouns)
+    caption_grammar = load_grammar(grammar, nouns)
+    config.validate(max(caption_grammar.templates))
+    missing = [k for k in range(config.min_objects, config.max_objects + 1) if k not in caption_grammar.templates]
+    if missing:
+        raise TTDError(f"caption grammar has no templates for {missing} object(s); lower --objects")
+    if config.min_objects > len(nouns):
+        raise TTDError(f"--objects asks for at least {config.min_objects} distinct nouns but only {len(nouns)} are in use")
+    if len(nouns) > 254:
+        raise TTDError(f"{len(nouns)} nouns do not fit uint8 class ids (at most 254); pass --nouns")
+    ClipArt(source, nouns, config.size)  # checks the source before anything is written
+    _clear(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+
+    init = (str(source), nouns, caption_grammar, config)
+    start = time.perf_counter()
+    for split in SPLITS:
+        _write_split(out, split, getattr(config, split), init, config, workers, progress)
+    seconds = time.perf_counter() - start
+    for split in SPLITS:
+        if (out / "seg" / split / "images").is_dir():
+            atomic_write_bytes(out / "seg" / split / "classes.txt", _classes_txt(nouns).encode())
+
+    vocab_path = Path(vocabulary) if vocabulary else ASSETS / "vocabulary.json"
+    grammar_path = Path(grammar) if grammar else ASSETS / "captions.json"
+    build = {
+        "format": FORMAT,
+        "config": asdict(config),
+        "source": _read_json(vocab_path, "vocabulary").get("source", {"root": str(source)}),
+        "vocabulary_sha256": hashlib.sha256(vocab_path.read_bytes()).hexdigest(),
+        "grammar_sha256": hashlib.sha256(grammar_path.read_bytes()).hexdigest(),
+        "nouns": [n.name for n in nouns],
+        "splits": {split: getattr(config, split) for split in SPLITS},
+    }
+    atomic_write_bytes(out / "README.txt", _readme(config, nouns).encode())
+    save_json(build, out / "build.json")
+    total = config.train + config.val
+    rate = total / max(seconds, 1e-9)
+    return {"out": str(out), "images": total, "seconds": seconds, "images_per_s": rate, "nouns": len(nouns)}
+
+
+def _readme(config: MiniWorldConfig, nouns: Sequence[Noun]) -> str:
+    mask_splits = "train and val" if config.train_masks else "val only (built with --no-train-masks)"
+    return f"""TTD mini-world ({FORMAT}), built by `ttd data miniworld` (docs/miniworld.md).
+{config.train} training and {config.val} validation images, {config.size}x{config.size} pixels,
+{config.min_objects}-{config.max_objects} clip-art objects each, {len(nouns)} nouns, seed {config.seed}.
+Same options and software versions give the same bytes in every file.
+
+train/ and val/
+  shards/NNNNN.tar      WebDataset shards as img2dataset writes them: KEY.jpg (image), KEY.txt (caption),
+                        KEY.json (caption, tags, classes, objects with box/file/visibility) and
+                        KEY.seg.png (uint8 class ids, as in seg/); {config.shard_size} samples per shard
+  images/KEY.jpg        the same JPEG images
+  pairs.jsonl           image-text pairs manifest: {{"image", "caption"}}
+  tags.jsonl            multi-tag manifest, also the caption-mask manifest: {{"image", "caption",
+                        "tags" (the depicted words, as written in the caption), "caption_mask", "tag_masks"}}
+  masks/KEY_caption.png union of the depicted objects (0 = background, 1 = object)
+  masks/KEY_WORD.png    the visible part of the object named WORD (occlusion applied)
+seg/train/ and seg/val/ open-vocabulary segmentation set, generic layout:
+  images/KEY.png        the images, lossless
+  masks/KEY.png         uint8 class ids: 0 = background, i = line i of classes.txt (255 = ignore, unused)
+  classes.txt           one class per line from index 0 = background; synonyms comma-separated
+Masks and seg/ are written for {mask_splits}.
+build.json              the options, the clip-art source and digests of the vocabulary and grammar.
+
+Clip art: Debian package openclipart-png (public domain). Backgrounds and captions: generated.
+"""

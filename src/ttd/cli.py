@@ -80,10 +80,77 @@ def _add_eval(sub) -> None:
         add(eval_sub)
 
 
+def _add_train(sub) -> None:
+    from .train_config import add_config_flags
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a dense CLIP with TTD (LoRA adapters); torchrun for many processes",
+        description="Text-Tag Self-Distillation. Every setting is a config key: defaults, then --config "
+        "YAML, then these flags. Many processes/machines: torchrun --nproc_per_node N -m ttd train …",
+    )
+    p.add_argument("--config", default=None, help="YAML file of config keys (flags win)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP", help="stop with a checkpoint at this step")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    add_config_flags(p)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from .train import resolve_config, train
+    from .train_config import config_overrides
+
+    config = resolve_config(args.config, config_overrides(args), resume=args.resume)
+    result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    if result.adapter is not None:
+        print(f"adapter: {result.adapter}")
+    else:
+        print(f"stopped at step {result.step}/{config.steps}; continue with: ttd train --out {config.out} --resume")
+    return 0
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="dataset tools: prune image-text pairs")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser(
+        "prune",
+        help="keep the pairs whose image and caption agree best (sample-level pruning)",
+        description="Scores every pair once by the cosine of its global image and caption embeddings and "
+        "keeps the top fraction. A manifest gives a new manifest; shards give a keep-list of sample keys "
+        "(ttd train --keep FILE). Resumable: scores are saved in chunks beside --out.",
+    )
+    q.add_argument("--data", required=True, help="JSONL manifest or WebDataset shards (folder, glob, {a..b})")
+    q.add_argument("--out", required=True, help="the pruned manifest (.jsonl) or, for shards, the keep-list (.txt)")
+    q.add_argument("--keep-fraction", type=float, default=0.5, help="fraction of pairs kept (default 0.5)")
+    q.add_argument("--batch-size", type=int, default=256, help="pairs scored at once (default 256)")
+    q.add_argument("--workers", type=int, default=4, help="image-decoding processes (default 4)")
+    q.add_argument("--image-size", type=int, default=224, help="scoring resolution (default 224)")
+    add_model_args(q)
+    q.set_defaults(run=_run_prune)
+
+
+def _run_prune(args) -> int:
+    from .data.prune import prune
+
+    result = prune(
+        args.data,
+        args.out,
+        load_model_from_args(args),
+        keep_fraction=args.keep_fraction,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        image_size=args.image_size,
+    )
+    print(f"kept {result.kept:,} of {result.scored:,} scored pairs (score ≥ {result.threshold:.4f}); "
+          f"{result.skipped:,} unreadable skipped → {result.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttd", description="Text-Tag Self-Distillation for CLIP dense models")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_eval):
+    for add in (_add_info, _add_eval, _add_train, _add_data):
         add(sub)
     return parser
 

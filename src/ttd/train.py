@@ -32,9 +32,8 @@ import shutil
 import signal
 import sys
 import time
-import typing
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,8 @@ import torch.distributed as dist
 
 from .errors import TTDError
 from .io import atomic_write_bytes, default_device
-from .models.dense import DENSE_VARIANTS, DenseCLIP
+from .models.dense import DenseCLIP
+from .train_config import TrainConfig, config_to_yaml, load_config
 
 __all__ = [
     "TrainConfig",
@@ -54,157 +54,13 @@ __all__ = [
     "Trainer",
     "TrainResult",
     "train",
+    "resolve_config",
     "latest_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B-16/openai"
 CHECKPOINTS = "checkpoints"
-
-
-def _opt(default, help: str, choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs. YAML keys and ``ttd train`` flags have these names (``--lora-rank``)."""
-
-    # data and model
-    data: str = _opt("", "JSONL manifest of (image, caption) or WebDataset shards (folder, glob, {a..b} pattern)")
-    out: str = _opt("runs/ttd", "output folder: adapter, checkpoints, log.jsonl, tensorboard/")
-    model: str = _opt(DEFAULT_MODEL, "base CLIP weights: a known name or a local file")
-    dense: str = _opt("maskclip", "dense variant", tuple(DENSE_VARIANTS))
-    quick_gelu: bool | None = _opt(None, "activation of a local weights file (named weights know theirs)")
-    keep: str | None = _opt(None, "keep-list of shard sample keys (from `ttd data prune`)")
-    image_size: int = _opt(224, "training resolution: short-side resize then centre crop")
-    workers: int = _opt(4, "data-loading processes per training process (0: load in the main process)")
-    shuffle_buffer: int = _opt(1000, "shards: samples shuffled within a shard through a buffer of this size")
-    # optimisation
-    steps: int = _opt(10_000, "optimiser steps in total")
-    batch_size: int = _opt(64, "GLOBAL batch size, split evenly across processes")
-    lr: float = _opt(1e-4, "peak learning rate (AdamW)")
-    weight_decay: float = _opt(0.01, "AdamW weight decay (matrices only; not biases, norms, scalars)")
-    beta1: float = _opt(0.9, "AdamW beta1")
-    beta2: float = _opt(0.999, "AdamW beta2")
-    warmup_steps: int = _opt(500, "linear warm-up steps, then cosine decay")
-    min_lr_ratio: float = _opt(0.0, "learning rate at the end, as a fraction of the peak")
-    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
-    precision: str = _opt("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", ("auto", "fp32", "bf16"))
-    seed: int = _opt(0, "seed of adapter initialisation, data order and dropout")
-    device: str | None = _opt(None, "cpu, cuda … (default: cuda when present; torchrun: cuda:LOCAL_RANK)")
-    # TTD (METHOD §4-§5)
-    scorer: str = _opt("pixel", "tag scorer of the online selection: pixel (Eq. 2) or image (Eq. 1)")
-    tau: float = _opt(0.5, "selection threshold τ on the tag scores")
-    score_norm: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))
-    keep_argmax: bool = _opt(False, "always select each caption's best-scoring tag")
-    tag_template: str = _opt("{}", "prompt of a tag, e.g. 'a photo of a {}.' ({} = the raw word)")
-    distance: str = _opt("l1", "distance d of Eq. 4-5", ("l1", "mse", "bce"))
-    distill_weight: float = _opt(1.0, "weight of L_distill (Eq. 4); 0 = the 'L_tag only' ablation")
-    tag_weight: float = _opt(1.0, "λ, weight of L_tag (Eq. 5); 0 = the 'L_distill only' ablation")
-    minmax_eps: float = _opt(1e-6, "ε of the min-max normalisation of selected tag heatmaps")
-    # what is trained
-    finetune: str = _opt("lora", "lora: adapters (+ calibration); full: every weight", ("lora", "full"))
-    lora_rank: int = _opt(8, "LoRA rank")
-    lora_alpha: float = _opt(8.0, "LoRA alpha (update scale = alpha / rank)")
-    lora_dropout: float = _opt(0.0, "dropout on the adapters' input")
-    lora_targets: tuple[str, ...] = _opt(("q", "k", "v", "out"), "adapted projections (comma-separated)")
-    lora_towers: tuple[str, ...] = _opt(("image", "text"), "adapted encoders (comma-separated)")
-    train_calibration: bool = _opt(True, "train the heatmap calibration w, b")
-    # bookkeeping
-    log_every: int = _opt(10, "log (JSONL, TensorBoard, progress bar) every N steps")
-    save_every: int = _opt(1000, "checkpoint every N steps (and at the end)")
-    keep_checkpoints: int = _opt(2, "checkpoints kept on disk (the newest)")
-    tensorboard: bool = _opt(True, "write TensorBoard events when tensorboard is installed")
-
-    def validate(self) -> TrainConfig:
-        """Raise a one-line :class:`TTDError` for the first bad value."""
-        if not self.data:
-            raise TTDError("no training data: pass --data (a JSONL manifest or WebDataset shards)")
-        for name in ("steps", "batch_size", "image_size", "log_every", "save_every", "keep_checkpoints", "shuffle_buffer"):
-            if getattr(self, name) < 1:
-                raise TTDError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("workers", "warmup_steps", "weight_decay", "grad_clip", "distill_weight", "tag_weight"):
-            if getattr(self, name) < 0:
-                raise TTDError(f"{name} must not be negative, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise TTDError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.tau <= 1:
-            raise TTDError(f"tau must lie in [0, 1], got {self.tau}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise TTDError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise TTDError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of: {', '.join(choices)}")
-        self.lora_config()  # validates rank, dropout, targets, towers
-        return self
-
-    def lora_config(self):
-        from .models.lora import LoRAConfig
-
-        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets, self.lora_towers)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def _coerce(name: str, value, hint):
-    """A YAML or flag value → the field's type (YAML reads ``1e-4`` as a string)."""
-    if value is None:
-        return None
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = hint if not args or typing.get_origin(hint) is tuple else args[0]
-    try:
-        if typing.get_origin(base) is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(v).strip() for v in items if str(v).strip())
-        if base is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if base is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return base(value)
-    except (TypeError, ValueError):
-        raise TTDError(f"config key {name!r}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
-
-
-def load_config(path: str | os.PathLike | None = None, base: TrainConfig | None = None, **overrides) -> TrainConfig:
-    """``base`` (default: the defaults), updated by the YAML file at ``path``, then by ``overrides``."""
-    values = (base or TrainConfig()).to_dict()
-    hints = typing.get_type_hints(TrainConfig)
-    updates = {}
-    if path is not None:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise TTDError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise TTDError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise TTDError(f"config file {path} must hold a mapping of keys to values")
-        updates.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
-    updates.update(overrides)
-    unknown = sorted(set(updates) - set(hints))
-    if unknown:
-        raise TTDError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(hints)}")
-    for key, value in updates.items():
-        values[key] = _coerce(key, value, hints[key])
-    return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
-
-
-def config_to_yaml(config: TrainConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
 
 
 class WarmupCosine:
@@ -359,7 +215,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, objective, model: DenseCLIP | None = None, resume: bool = False):
-        from .data.pairs import PairLoader
+        from .data.pairs import PairLoader, check_data
         from .models.lora import base_fingerprint, inject_lora, set_trainable
 
         self.config = config.validate()
@@ -374,6 +230,9 @@ class Trainer:
         if config.precision == "bf16" and self.dist.device.type != "cuda":
             raise TTDError("bf16 mixed precision runs on CUDA only; use --precision fp32 (or auto) on CPU")
         self.autocast = self.dist.device.type == "cuda" and config.precision in ("auto", "bf16")
+        check_data(config.data)
+        if config.keep is not None and not Path(config.keep).is_file():
+            raise TTDError(f"keep-list not found: {config.keep}")
 
         _seed_everything(config.seed)  # identical adapter initialisation in every process
         if model is None:
@@ -403,6 +262,7 @@ class Trainer:
             self.optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
         )
         self.step = 0
+        self._interval: dict | None = None  # metric sums since the last log
         data_state = None
         if resume:
             data_state = self._load_checkpoint(checkpoint)
@@ -437,6 +297,7 @@ class Trainer:
         self.step = state["step"]
         mine = _load_torch(path / f"rank{self.dist.rank}.pt")
         _set_rng_state(mine["rng"])
+        self._interval = mine["log_interval"]  # so the first log after resuming averages the same steps
         return mine["data"]
 
     def save_checkpoint(self) -> Path:
@@ -448,7 +309,8 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.dist.barrier()
-        _save_torch({"rng": _rng_state(), "data": self.loader.state_dict()}, tmp / f"rank{self.dist.rank}.pt")
+        mine = {"rng": _rng_state(), "data": self.loader.state_dict(), "log_interval": self._interval}
+        _save_torch(mine, tmp / f"rank{self.dist.rank}.pt")
         if self.dist.main:
             trainable = {n: p.detach().cpu() for n, p in zip(self.names, self.params)}
             _save_torch(
@@ -521,7 +383,9 @@ class Trainer:
                   f"{sum(p.numel() for p in self.params):,} trainable parameters\n{config_to_yaml(cfg)}", end="", flush=True)
         log_file, writer = self._open_logs()
         names = ("loss", *self.objective.metrics)
-        sums, samples, tick = torch.zeros(len(names)), 0.0, time.perf_counter()
+        if self._interval is None:
+            self._interval = {"sums": torch.zeros(len(names)), "samples": 0.0}
+        timed, tick = 0.0, time.perf_counter()  # throughput of this invocation only
         last: dict[str, float] = {}
         checkpoint = None
         handlers = {}
@@ -546,12 +410,14 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                sums += local * n
-                samples += total
+                self._interval["sums"] += local * n
+                self._interval["samples"] += total
+                timed += total
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == target:
-                    last = self._log(names, sums, samples, time.perf_counter() - tick, grad_norm, log_file, writer, bar)
-                    sums, samples, tick = torch.zeros(len(names)), 0.0, time.perf_counter()
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    rate = timed / max(time.perf_counter() - tick, 1e-9)
+                    last = self._log(names, grad_norm, rate, log_file, writer, bar)
+                    timed, tick = 0.0, time.perf_counter()
                 if stop:
                     break
                 if self.step % cfg.save_every == 0 and self.step < target:
@@ -569,10 +435,12 @@ class Trainer:
                 log_file.close()
             if writer:
                 writer.close()
-        return TrainResult(self.step, adapter, checkpoint, last, self.step < target)
+        return TrainResult(self.step, adapter, checkpoint, last, self.step < cfg.steps)
 
-    def _log(self, names, sums, samples, seconds, grad_norm, log_file, writer, bar) -> dict[str, float]:
-        reduced = sums.clone()
+    def _log(self, names, grad_norm, rate, log_file, writer, bar) -> dict[str, float]:
+        """Means over the steps since the last log (all processes), then a fresh interval."""
+        reduced, samples = self._interval["sums"].clone(), self._interval["samples"]
+        self._interval = {"sums": torch.zeros(len(names)), "samples": 0.0}
         if self.dist.active:
             reduced = reduced.to(self.dist.device)
             dist.all_reduce(reduced)
@@ -585,7 +453,7 @@ class Trainer:
         if self.dist.active:
             skipped = skipped.to(self.dist.device)
             dist.all_reduce(skipped)
-        entry.update(samples_per_s=samples / max(seconds, 1e-9), skipped=int(skipped.item()))
+        entry.update(samples_per_s=rate, skipped=int(skipped.item()))
         if self.dist.main:
             log_file.write(json.dumps(entry) + "\n")
             log_file.flush()
@@ -617,6 +485,24 @@ def ttd_objective(config: TrainConfig):
         tag_weight=config.tag_weight,
         eps=config.minmax_eps,
     )
+
+
+def resolve_config(path: str | os.PathLike | None, overrides: dict, resume: bool = False) -> TrainConfig:
+    """The configuration of one ``ttd train`` call: the defaults (on ``resume``, the run's saved
+    configuration), then the YAML file at ``path``, then the flags in ``overrides``."""
+    base = None
+    if resume:
+        out = overrides.get("out") or load_config(path).out
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            raise TTDError(f"no checkpoint under {out} to resume; drop --resume to start a new run")
+        base = load_config(checkpoint / "config.yaml")
+    config = load_config(path, base=base, **overrides)
+    if base is not None:
+        changed = [k for k, v in config.to_dict().items() if base.to_dict()[k] != v]
+        if changed and int(os.environ.get("RANK", "0")) == 0:
+            print(f"ttd train: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+    return config
 
 
 def train(

@@ -40,7 +40,18 @@ from ..errors import TTDError
 from ..images import decode_image, load_image, preprocess
 from .manifest import read_manifest
 
-__all__ = ["IMAGE_EXTENSIONS", "PairBatch", "PairLoader", "list_shards", "is_manifest", "decode_pair", "read_keep_list"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PairBatch",
+    "PairLoader",
+    "ManifestPairs",
+    "collate_pairs",
+    "check_data",
+    "list_shards",
+    "is_manifest",
+    "decode_pair",
+    "read_keep_list",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +107,15 @@ def list_shards(spec: str) -> list[str]:
     return shards
 
 
+def check_data(spec: str) -> None:
+    """Fail early (before a model loads) when the data a run names does not exist."""
+    if is_manifest(spec):
+        if not Path(spec).is_file():
+            raise TTDError(f"manifest not found: {spec}")
+    else:
+        list_shards(spec)
+
+
 def read_keep_list(path: str | os.PathLike) -> frozenset[str]:
     """Sample keys to keep (one per line), as ``ttd data prune`` writes them for shards."""
     path = Path(path)
@@ -132,7 +152,9 @@ def decode_pair(sample: dict, size: int) -> tuple[torch.Tensor, str]:
 
 
 # --- manifest: random access ------------------------------------------------------------------
-class _ManifestPairs(Dataset):
+class ManifestPairs(Dataset):
+    """Manifest records → (image, caption, line) or None when the image cannot be read."""
+
     def __init__(self, records, size: int):
         self.records, self.size = records, size
 
@@ -179,7 +201,8 @@ class _GlobalBatches(Sampler):
             step += 1
 
 
-def _collate(items, size: int) -> PairBatch:
+def collate_pairs(items, size: int) -> PairBatch:
+    """Stack readable items into a batch; unreadable ones (None) are dropped and counted."""
     good = [item for item in items if item is not None]
     images = torch.stack([g[0] for g in good]) if good else torch.empty(0, 3, size, size)
     return PairBatch(images, [g[1] for g in good], [g[2] for g in good], skipped=len(items) - len(good))
@@ -272,7 +295,8 @@ def _pop_random(buffer: list, rng: random.Random):
     return buffer.pop()
 
 
-def _identity(x):
+def identity(x):
+    """A loader ``collate_fn`` for datasets that yield whole batches (picklable, unlike a lambda)."""
     return x
 
 
@@ -320,8 +344,8 @@ class PairLoader:
             self.steps = int(state.get("step", 0))
             self.num_samples = len(records)
             sampler = _GlobalBatches(len(records), batch_size, rank, world, seed, shuffle, self.steps, epochs)
-            loader_kw["collate_fn"] = partial(_collate, size=image_size)
-            self._loader = DataLoader(_ManifestPairs(records, image_size), batch_sampler=sampler, **loader_kw)
+            loader_kw["collate_fn"] = partial(collate_pairs, size=image_size)
+            self._loader = DataLoader(ManifestPairs(records, image_size), batch_sampler=sampler, **loader_kw)
         else:
             shards = list_shards(self.data)
             if len(shards) < world:
@@ -340,7 +364,7 @@ class PairLoader:
                 shards, self.local_batch, image_size, seed, rank, world, self.workers, shuffle, shuffle_buffer,
                 epochs, read_keep_list(keep) if keep else None, self.positions, self.next_worker,
             )
-            loader_kw.update(num_workers=self.workers if workers > 0 else 0, batch_size=None, collate_fn=_identity)
+            loader_kw.update(num_workers=self.workers if workers > 0 else 0, batch_size=None, collate_fn=identity)
             self._loader = DataLoader(stream, **loader_kw)
 
     def __iter__(self) -> Iterator[PairBatch]:

@@ -279,3 +279,34 @@ def test_prune_manifest_and_shards_agree_and_resume(tmp_path):
     assert out.read_text() == before and again.scored == 11
     with pytest.raises(TTDError, match="keep fraction must lie in"):
         prune(str(manifest), out, model, keep_fraction=0.0)
+
+
+def test_frozen_teacher_selects_with_the_weights_before_training():
+    from ttd.models.lora import inject_lora, set_trainable
+    from ttd.objectives import TAG_SCORERS, register_tag_scorer
+
+    seen = []
+    register_tag_scorer("spy", lambda inp: seen.append(inp.tag_cosines) or TAG_SCORERS["pixel"](inp))
+    try:
+        batch = next(_batch_of(["a red dot on a blue background.", "a green stripe."]))
+        base = tiny_model()
+        TTDObjective(scorer="spy")(base, batch)
+        for finetune in ("lora", "full"):
+            model = tiny_model()
+            if finetune == "lora":
+                inject_lora(model)
+            set_trainable(model, finetune)
+            frozen, online = TTDObjective(scorer="spy", teacher="frozen"), TTDObjective(scorer="spy")
+            frozen.prepare(model)
+            with torch.no_grad():  # what training would do: every trainable weight moves
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_(0.2 * torch.randn_like(p))
+            frozen(model, batch)
+            online(model, batch)
+            assert torch.allclose(seen[-2], seen[0], atol=1e-6), finetune  # the teacher is the base model
+            assert not torch.allclose(seen[-1], seen[0], atol=1e-3), finetune  # online: the current one
+    finally:
+        del TAG_SCORERS["spy"]
+    with pytest.raises(TTDError, match="unknown teacher 'ema'"):
+        TTDObjective(teacher="ema")

@@ -10,7 +10,9 @@ weight processes by their batch sizes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from .distill import DISTANCES, ttd_loss
 from .errors import TTDError
 from .models.dense import DenseCLIP
+from .models.lora import adapters_disabled
 from .models.tokenizer import tokenize
 from .tags import candidate_tags, image_tag_scores, pixel_tag_scores
 
@@ -105,13 +108,17 @@ def select_tags(scores: torch.Tensor, valid: torch.Tensor, tau: float = 0.5, kee
     return selected
 
 
-class TTDObjective:
-    """Text-Tag Self-Distillation with ONLINE selection (no separate teacher).
+TEACHERS = ("online", "frozen")
 
-    One forward pass gives the dense map, the caption and tag embeddings; tags are selected from
-    the DETACHED tag cosines of that same pass (the current model, no gradient; with LoRA dropout
-    above 0 the selection sees the dropped-out pass), then the caption and tag heatmaps are pulled
-    towards the composite targets (Eq. 4–5).
+
+class TTDObjective:
+    """Text-Tag Self-Distillation: tag selection (step 1), then the losses of Eq. 4–5.
+
+    ``teacher="online"`` (default): the CURRENT model selects. One forward pass gives the dense
+    map, the caption and the tag embeddings; tags are selected from the DETACHED tag cosines of
+    that same pass (no gradient, no second pass; with LoRA dropout above 0 the selection sees the
+    dropped-out pass). ``teacher="frozen"``: the model as it was before training selects, in an
+    extra pass without gradient (adapters switched off; a frozen copy under full fine-tuning).
     """
 
     metrics = ("l_distill", "l_tag", "selected", "candidates")
@@ -127,7 +134,10 @@ class TTDObjective:
         distill_weight: float = 1.0,
         tag_weight: float = 1.0,
         eps: float = 1e-6,
+        teacher: str = "online",
     ):
+        if teacher not in TEACHERS:
+            raise TTDError(f"unknown teacher {teacher!r}; choose one of: {', '.join(TEACHERS)}")
         if scorer not in TAG_SCORERS:
             raise TTDError(f"unknown tag scorer {scorer!r}; choose one of: {', '.join(TAG_SCORERS)}")
         if distance not in DISTANCES:
@@ -139,23 +149,40 @@ class TTDObjective:
         self.scorer, self.tau, self.score_norm, self.keep_argmax = scorer, tau, score_norm, keep_argmax
         self.tag_template, self.distance = tag_template, distance
         self.distill_weight, self.tag_weight, self.eps = distill_weight, tag_weight, eps
+        self.teacher, self._frozen = teacher, None
+
+    def prepare(self, model: DenseCLIP) -> None:
+        """Called by the trainer before any update: keep a frozen copy when one is needed."""
+        if self.teacher == "frozen" and getattr(model, "finetune", "lora") == "full":
+            self._frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def _teacher_pass(self, model: DenseCLIP, images: torch.Tensor, tag_tokens: torch.Tensor, index: torch.Tensor):
+        """Global embeddings, tag embeddings and tag cosines of the frozen teacher."""
+        teacher = self._frozen or model
+        with adapters_disabled(model) if self._frozen is None else nullcontext():
+            global_emb, dense = teacher.encode_image(images)
+            tag_emb = teacher.encode_tokens(tag_tokens)[index]
+            return global_emb, tag_emb, teacher.similarity(dense, tag_emb)
 
     def __call__(self, model: DenseCLIP, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         context = model.config.context_length
         tags = batch_tags(batch.captions)
         global_emb, dense = model.encode_image(batch.images)
         caption_emb = model.encode_tokens(tokenize(batch.captions, context))
-        if tags.unique:
-            # tags are short: one call, padded only to the longest tag of the batch
-            prompts = [self.tag_template.format(t) for t in tags.unique]
-            tag_emb = model.encode_tokens(tokenize(prompts, context))[tags.index.to(model.device)]
-        else:
-            tag_emb = caption_emb.new_zeros(len(batch), 0, caption_emb.shape[-1])
+        index = tags.index.to(model.device)
+        # tags are short: one call, padded only to the longest tag of the batch
+        tag_tokens = tokenize([self.tag_template.format(t) for t in tags.unique] or [""], context)
+        tag_emb = model.encode_tokens(tag_tokens)[index]
         caption_map = model.heatmap(dense, caption_emb[:, None])[:, 0]
         tag_cosines = model.similarity(dense, tag_emb)
         tag_maps = model.calibration(tag_cosines)
         with torch.no_grad():
-            inputs = SelectionInputs(batch.captions, tags, global_emb.detach(), tag_emb.detach(), tag_cosines.detach(), self.score_norm)
+            if self.teacher == "online":
+                seen = global_emb.detach(), tag_emb.detach(), tag_cosines.detach()
+            else:
+                seen = self._teacher_pass(model, batch.images, tag_tokens, index)
+            inputs = SelectionInputs(batch.captions, tags, *seen, self.score_norm)
             scores = TAG_SCORERS[self.scorer](inputs)
             selected = select_tags(scores, tags.valid, self.tau, self.keep_argmax)
         valid = tags.valid.to(selected.device)

@@ -244,6 +244,8 @@ class Trainer:
         if config.finetune == "lora":
             inject_lora(self.model, config.lora_config())
         self.names = set_trainable(self.model, config.finetune, config.train_calibration)
+        if hasattr(objective, "prepare"):
+            objective.prepare(self.model)  # before any update, and before a checkpoint loads
         named = dict(self.model.named_parameters())
         self.params = [named[n] for n in self.names]
         if self.dist.active:
@@ -484,6 +486,7 @@ def ttd_objective(config: TrainConfig):
         distill_weight=config.distill_weight,
         tag_weight=config.tag_weight,
         eps=config.minmax_eps,
+        teacher=config.teacher,
     )
 
 

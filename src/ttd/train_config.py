@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = _opt(0, "seed of adapter initialisation, data order and dropout")
     device: str | None = _opt(None, "cpu, cuda … (default: cuda when present; torchrun: cuda:LOCAL_RANK)")
     # TTD (METHOD §4-§5)
+    teacher: str = _opt("online", "who selects the tags: online (the current model) or frozen (the model before training)", ("online", "frozen"))
     scorer: str = _opt("pixel", "tag scorer of the online selection: pixel (Eq. 2) or image (Eq. 1)")
     tau: float = _opt(0.5, "selection threshold τ on the tag scores")
     score_norm: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))

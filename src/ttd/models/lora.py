@@ -24,6 +24,8 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +46,7 @@ __all__ = [
     "LoRAAttention",
     "inject_lora",
     "has_lora",
+    "adapters_disabled",
     "set_trainable",
     "adapter_state_dict",
     "merge_adapter",
@@ -194,6 +197,20 @@ def inject_lora(model: DenseCLIP, cfg: LoRAConfig | None = None) -> DenseCLIP:
 
 def has_lora(model: nn.Module) -> bool:
     return any(isinstance(m, (LoRAAttention, LoRALinear)) for m in model.modules())
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``model`` computes what its base weights alone compute."""
+    updates = [m for m in model.modules() if isinstance(m, LowRank)]
+    scales = [m.scale for m in updates]
+    for m in updates:
+        m.scale = 0.0
+    try:
+        yield model
+    finally:
+        for m, scale in zip(updates, scales):
+            m.scale = scale
 
 
 def _is_adapter_param(name: str) -> bool:

@@ -310,3 +310,28 @@ def test_frozen_teacher_selects_with_the_weights_before_training():
         del TAG_SCORERS["spy"]
     with pytest.raises(TTDError, match="unknown teacher 'ema'"):
         TTDObjective(teacher="ema")
+
+
+def test_pretrain_cli_from_random_weights_resumes_and_writes_clip_weights(tmp_path, capsys):
+    from train_helpers import TINY
+
+    import ttd
+
+    manifest = write_manifest(tmp_path / "data", make_pairs(8))
+    arch = tmp_path / "tiny.yaml"
+    arch.write_text(yaml.safe_dump(TINY.to_dict()))
+    out = tmp_path / "pre"
+    argv = ["pretrain", "--data", str(manifest), "--out", str(out), "--clip-config", str(arch), "--steps", "4",
+            "--batch-size", "4", "--image-size", "32", "--workers", "0", "--no-tensorboard", "--no-progress"]
+    assert main([*argv, "--stop-after", "2"]) == 0
+    assert "continue with: ttd pretrain" in capsys.readouterr().out
+    assert main(["pretrain", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip().endswith("model.safetensors")
+    weights = load_file(str(out / "model.safetensors"))
+    model = ttd.create_model(TINY)
+    model.clip.load_state_dict(weights)  # OpenAI names, the architecture of --clip-config
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in weights
+    assert not torch.equal(weights["logit_scale"], torch.tensor(2.6592600345611572))  # the scale was trained
+    arch.write_text("width: 3\n")
+    assert main(argv[:-2] + ["--out", str(tmp_path / "other")]) == 2
+    assert "unknown field 'width'" in capsys.readouterr().err

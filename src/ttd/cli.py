@@ -110,6 +110,57 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_pretrain(sub) -> None:
+    from .train_config import TTD_ONLY, add_config_flags
+
+    p = sub.add_parser(
+        "pretrain",
+        help="CLIP contrastive pretraining from random weights (InfoNCE) on the same data formats",
+        description="Trains every weight of a randomly initialised CLIP with InfoNCE over the global batch; "
+        "same data, config, checkpoints and torchrun support as `ttd train`. Writes OUT/model.safetensors.",
+    )
+    p.add_argument("--config", default=None, help="YAML file of config keys (flags win)")
+    p.add_argument("--clip-config", default=None, help="YAML/JSON file of CLIPConfig fields (default: ViT-B/16)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP", help="stop with a checkpoint at this step")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    add_config_flags(p, skip=TTD_ONLY)
+    p.set_defaults(run=_run_pretrain)
+
+
+def _run_pretrain(args) -> int:
+    from .train import pretrain, resolve_config
+    from .train_config import config_overrides
+
+    config = resolve_config(args.config, config_overrides(args), resume=args.resume, defaults={"out": "runs/pretrain"})
+    clip_config = _read_clip_config(args.clip_config) if args.clip_config else None
+    result = pretrain(config, clip_config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    if result.stopped_early:
+        print(f"stopped at step {result.step}/{config.steps}; continue with: ttd pretrain --out {config.out} --resume")
+    else:
+        print(f"weights: {config.out}/model.safetensors")
+    return 0
+
+
+def _read_clip_config(path: str):
+    import dataclasses
+
+    import yaml
+
+    from .models import CLIPConfig
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise TTDError(f"cannot read the CLIP config {path}: {err.strerror}") from None
+    known = {f.name for f in dataclasses.fields(CLIPConfig)}
+    unknown = sorted(set(values) - known) if isinstance(values, dict) else ["<not a mapping>"]
+    if unknown:
+        raise TTDError(f"CLIP config {path}: unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}")
+    return CLIPConfig(**values)
+
+
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="dataset tools: prune image-text pairs")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -150,7 +201,7 @@ def _run_prune(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttd", description="Text-Tag Self-Distillation for CLIP dense models")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_eval, _add_train, _add_data):
+    for add in (_add_info, _add_eval, _add_train, _add_pretrain, _add_data):
         add(sub)
     return parser
 

@@ -3,6 +3,8 @@
 The loop is generic over an *objective* (``(model, batch) -> (loss, metrics)``, see
 :mod:`ttd.objectives`); TTD (:func:`train`) is one objective and CLIP pretraining another.
 
+``pretrain`` runs CLIP's contrastive objective from random weights with the same machinery.
+
 Data parallelism: each process takes ``batch_size / world`` samples of every global batch; after
 the backward pass ONE all-reduce sums the gradients weighted by each process's batch size (plus
 two small bookkeeping entries), so every process applies the same update: the gradient of the
@@ -54,6 +56,7 @@ __all__ = [
     "Trainer",
     "TrainResult",
     "train",
+    "pretrain",
     "resolve_config",
     "latest_checkpoint",
 ]
@@ -490,21 +493,25 @@ def ttd_objective(config: TrainConfig):
     )
 
 
-def resolve_config(path: str | os.PathLike | None, overrides: dict, resume: bool = False) -> TrainConfig:
-    """The configuration of one ``ttd train`` call: the defaults (on ``resume``, the run's saved
-    configuration), then the YAML file at ``path``, then the flags in ``overrides``."""
-    base = None
+def resolve_config(
+    path: str | os.PathLike | None, overrides: dict, resume: bool = False, defaults: dict | None = None
+) -> TrainConfig:
+    """The configuration of one ``ttd train`` call: the defaults (updated by ``defaults``; on
+    ``resume``, the run's saved configuration), then the YAML file at ``path``, then the flags in
+    ``overrides``."""
+    fresh = load_config(**(defaults or {}))
+    base = fresh
     if resume:
-        out = overrides.get("out") or load_config(path).out
+        out = overrides.get("out") or load_config(path, base=fresh).out
         checkpoint = latest_checkpoint(out)
         if checkpoint is None:
             raise TTDError(f"no checkpoint under {out} to resume; drop --resume to start a new run")
         base = load_config(checkpoint / "config.yaml")
     config = load_config(path, base=base, **overrides)
-    if base is not None:
+    if resume:
         changed = [k for k, v in config.to_dict().items() if base.to_dict()[k] != v]
         if changed and int(os.environ.get("RANK", "0")) == 0:
-            print(f"ttd train: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+            print(f"ttd: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
     return config
 
 
@@ -519,5 +526,47 @@ def train(
     trainer = Trainer(config, ttd_objective(config), model=model, resume=resume)
     try:
         return trainer.fit(stop_after=stop_after, progress=progress)
+    finally:
+        trainer.dist.close()
+
+
+def pretrain(
+    config: TrainConfig,
+    clip_config=None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """CLIP contrastive pretraining from random weights: InfoNCE over the global batch, every
+    weight trained, same data formats, checkpoints and processes as :func:`train`.
+
+    ``clip_config``: the architecture (:class:`ttd.CLIPConfig`, default ViT-B/16) at
+    ``config.image_size``; a resumed run reuses the one saved in ``config.out``. At the end
+    ``OUT/model.safetensors`` holds the CLIP weights under OpenAI's names.
+    """
+    from safetensors.torch import save
+
+    from .io import save_json
+    from .models import CLIPConfig, create_model
+    from .objectives import ContrastiveObjective
+
+    config = dataclasses.replace(config, finetune="full")
+    saved_arch = Path(config.out) / "clip_config.json"
+    if resume and saved_arch.is_file():
+        saved = CLIPConfig(**json.loads(saved_arch.read_text()))
+        if clip_config is not None and clip_config != saved:
+            raise TTDError(f"{config.out} was pretraining another architecture ({saved_arch}); resume without a new one")
+        clip_config = saved
+    clip_config = dataclasses.replace(clip_config or CLIPConfig(), image_size=config.image_size)
+    _seed_everything(config.seed)  # the same random initialisation in every process
+    trainer = Trainer(config, ContrastiveObjective(), model=create_model(clip_config, dense=config.dense), resume=resume)
+    try:
+        if trainer.dist.main:
+            save_json(clip_config.to_dict(), saved_arch)
+        result = trainer.fit(stop_after=stop_after, progress=progress)
+        if not result.stopped_early and trainer.dist.main:
+            weights = {k: v.detach().contiguous().cpu() for k, v in trainer.model.clip.state_dict().items()}
+            atomic_write_bytes(Path(config.out) / "model.safetensors", save(weights, metadata={"clip_config": json.dumps(clip_config.to_dict())}))
+        return result
     finally:
         trainer.dist.close()

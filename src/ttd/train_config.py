@@ -14,9 +14,15 @@ from pathlib import Path
 
 from .errors import TTDError
 
-__all__ = ["DEFAULT_MODEL", "TrainConfig", "load_config", "config_to_yaml", "add_config_flags", "config_overrides"]
+__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "TrainConfig", "load_config", "config_to_yaml", "add_config_flags", "config_overrides"]
 
 DEFAULT_MODEL = "ViT-B-16/openai"
+# keys that mean nothing to `ttd pretrain` (random weights, every weight trained, InfoNCE)
+TTD_ONLY = (
+    "model", "quick_gelu", "teacher", "scorer", "tau", "score_norm", "keep_argmax", "tag_template", "distance",
+    "distill_weight", "tag_weight", "minmax_eps", "finetune", "lora_rank", "lora_alpha", "lora_dropout",
+    "lora_targets", "lora_towers", "train_calibration",
+)
 
 
 def _opt(default, help: str, choices: tuple | None = None):
@@ -52,7 +58,7 @@ class TrainConfig:
     device: str | None = _opt(None, "cpu, cuda … (default: cuda when present; torchrun: cuda:LOCAL_RANK)")
     # TTD (METHOD §4-§5)
     teacher: str = _opt("online", "who selects the tags: online (the current model) or frozen (the model before training)", ("online", "frozen"))
-    scorer: str = _opt("pixel", "tag scorer of the online selection: pixel (Eq. 2) or image (Eq. 1)")
+    scorer: str = _opt("pixel", "tag scorer of the selection: pixel (Eq. 2) or image (Eq. 1)")
     tau: float = _opt(0.5, "selection threshold τ on the tag scores")
     score_norm: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))
     keep_argmax: bool = _opt(False, "always select each caption's best-scoring tag")

@@ -335,3 +335,11 @@ def test_pretrain_cli_from_random_weights_resumes_and_writes_clip_weights(tmp_pa
     arch.write_text("width: 3\n")
     assert main(argv[:-2] + ["--out", str(tmp_path / "other")]) == 2
     assert "unknown field 'width'" in capsys.readouterr().err
+
+
+def test_every_config_key_is_documented():
+    import dataclasses
+
+    docs = (TESTS.parent / "docs" / "training.md").read_text()
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f"`{f.name}`" not in docs]
+    assert not missing

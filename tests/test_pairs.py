@@ -1,6 +1,8 @@
 """Training pairs: manifests and WebDataset shards, split across ranks and workers, resumable."""
 
+import io
 import itertools
+import tarfile
 import json
 
 import pytest
@@ -127,3 +129,20 @@ def test_loader_errors(tmp_path):
         PairLoader(str(tmp_path / "missing.jsonl"), 2)
     with pytest.raises(TTDError, match="a keep-list filters shards"):
         PairLoader(manifest, 2, keep=tmp_path / "k.txt")
+
+
+def test_resumed_shard_stream_counts_a_broken_member_once(tmp_path):
+    root = write_shards(tmp_path, make_pairs(8), per_shard=8)
+    with tarfile.open(root / "00000.tar") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(root / "00000.tar", "w") as tar:  # sample 2 holds two images: a bad member
+        for member, data in members:
+            for _ in range(2 if member.name == "000000002.jpg" else 1):
+                tar.addfile(member, io.BytesIO(data))
+    kw = dict(image_size=32, shuffle=False)
+    loader = PairLoader(str(root), 2, **kw)
+    straight = iter(loader)
+    head = [next(straight) for _ in range(2)]
+    resumed = PairLoader(str(root), 2, state=loader.state_dict(), **kw)
+    assert [b.keys for b in take(resumed, 3)] == [next(straight).keys for _ in range(3)]
+    assert resumed.skipped == loader.skipped == head[1].skipped == 1  # counted before the checkpoint, once

@@ -268,11 +268,11 @@ class Trainer:
         )
         self.step = 0
         self._interval: dict | None = None  # metric sums since the last log
-        data_state = None
-        if resume:
+        if resume:  # restores the RNG streams too
             data_state = self._load_checkpoint(checkpoint)
-        if not resume:  # per-process streams (dropout); a resumed run restores them instead
-            _seed_everything(config.seed + self.dist.rank)
+        else:
+            data_state = None
+            _seed_everything(config.seed + self.dist.rank)  # per-process streams (dropout)
         self.loader = PairLoader(
             config.data,
             config.batch_size,

@@ -261,11 +261,14 @@ class _ShardStream(IterableDataset):
         images, captions, keys = [], [], []
         while self.epochs is None or epoch < self.epochs:
             shards = self._my_shards(epoch, worker)
-            good_in_epoch = 0
+            whole_epoch, good_in_epoch = (first_shard, first_sample) == (0, 0), 0
             for s in range(first_shard, len(shards)):
+                replaying = first_sample > 0  # re-reading (not decoding) what was consumed before
                 for i, raw in enumerate(self._shard_samples(shards[s], epoch, skipped)):
                     if i < first_sample:
-                        continue  # already consumed before the checkpoint (not decoded again)
+                        continue
+                    if replaying:  # the checkpoint's count already holds the replayed errors
+                        skipped[0], replaying = pos["skipped"], False
                     try:
                         image, caption = decode_pair(raw, self.size)
                     except TTDError as err:
@@ -280,8 +283,10 @@ class _ShardStream(IterableDataset):
                         position = {"worker": worker, "epoch": epoch, "shard": s, "sample": i + 1, "skipped": skipped[0]}
                         yield PairBatch(torch.stack(images), captions, keys, skipped[0], position)
                         images, captions, keys = [], [], []
+                if replaying:
+                    skipped[0] = pos["skipped"]
                 first_sample = 0
-            if good_in_epoch == 0 and first_shard == 0:
+            if whole_epoch and good_in_epoch == 0:
                 raise TTDError(f"worker {worker} of rank {self.rank} found no readable samples in its {len(shards)} shard(s)")
             epoch, first_shard = epoch + 1, 0
         if images:

@@ -174,19 +174,23 @@ class TTDObjective:
         # tags are short: one call, padded only to the longest tag of the batch
         tag_tokens = tokenize([self.tag_template.format(t) for t in tags.unique] or [""], context)
         tag_emb = model.encode_tokens(tag_tokens)[index]
-        caption_map = model.heatmap(dense, caption_emb[:, None])[:, 0]
-        tag_cosines = model.similarity(dense, tag_emb)
-        tag_maps = model.calibration(tag_cosines)
-        with torch.no_grad():
-            if self.teacher == "online":
-                seen = global_emb.detach(), tag_emb.detach(), tag_cosines.detach()
-            else:
-                seen = self._teacher_pass(model, batch.images, tag_tokens, index)
-            inputs = SelectionInputs(batch.captions, tags, *seen, self.score_norm)
-            scores = TAG_SCORERS[self.scorer](inputs)
-            selected = select_tags(scores, tags.valid, self.tau, self.keep_argmax)
-        valid = tags.valid.to(selected.device)
-        out = ttd_loss(caption_map, tag_maps, selected, valid, self.distance, self.tag_weight, self.distill_weight, self.eps)
+        if self.teacher == "frozen":
+            teacher_seen = self._teacher_pass(model, batch.images, tag_tokens, index)
+        # heatmaps, selection and losses in float32: bf16 cosines are too coarse for softmax at 100
+        with torch.autocast(dense.device.type, enabled=False):
+            dense, caption_emb, tag_emb = dense.float(), caption_emb.float(), tag_emb.float()
+            caption_map = model.heatmap(dense, caption_emb[:, None])[:, 0]
+            tag_cosines = model.similarity(dense, tag_emb)
+            tag_maps = model.calibration(tag_cosines)
+            with torch.no_grad():
+                if self.teacher == "online":
+                    seen = global_emb.detach().float(), tag_emb.detach(), tag_cosines.detach()
+                else:
+                    seen = tuple(t.float() for t in teacher_seen)
+                scores = TAG_SCORERS[self.scorer](SelectionInputs(batch.captions, tags, *seen, self.score_norm))
+                selected = select_tags(scores, tags.valid, self.tau, self.keep_argmax)
+            valid = tags.valid.to(selected.device)
+            out = ttd_loss(caption_map, tag_maps, selected, valid, self.distance, self.tag_weight, self.distill_weight, self.eps)
         metrics = {
             "l_distill": out.distill.detach(),
             "l_tag": out.tag.detach(),

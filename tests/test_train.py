@@ -246,10 +246,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["train", "--data", str(manifest), "--tau", "2"], "tau must lie in [0, 1]"),
         (["train", "--data", str(manifest), "--out", str(tmp_path / "r"), "--resume"], "no checkpoint under"),
     ]
+    prune = ["data", "prune", "--data", str(manifest), "--out", str(tmp_path / "p.jsonl")]
+    cases += [
+        ([*prune, "--keep-fraction", "0"], "keep fraction must lie in (0, 1], got 0.0"),
+        (["data", "prune", "--data", str(tmp_path / "none"), "--out", "k.txt"], "shard not found"),
+    ]
     for argv, message in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("ttd train: error: ") and message in err and "\n" not in err
+        assert err.startswith(f"ttd {argv[0]}: error: ") and message in err and "\n" not in err
 
 
 def test_prune_manifest_and_shards_agree_and_resume(tmp_path):

@@ -182,8 +182,9 @@ def _add_data(sub) -> None:
 
 
 def _run_prune(args) -> int:
-    from .data.prune import prune
+    from .data.prune import check_prune_args, prune
 
+    check_prune_args(args.data, args.keep_fraction, args.batch_size)
     result = prune(
         args.data,
         args.out,

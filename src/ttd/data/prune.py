@@ -25,9 +25,9 @@ from ..io import atomic_write_bytes, save_json
 from ..models.dense import DenseCLIP
 from ..models.tokenizer import tokenize
 from .manifest import read_manifest, write_manifest
-from .pairs import PairBatch, collate_pairs, identity, ManifestPairs, decode_pair, is_manifest, list_shards
+from .pairs import PairBatch, check_data, collate_pairs, identity, ManifestPairs, decode_pair, is_manifest, list_shards
 
-__all__ = ["PruneResult", "pair_scores", "prune"]
+__all__ = ["PruneResult", "pair_scores", "check_prune_args", "prune"]
 
 
 @dataclass
@@ -143,6 +143,15 @@ def _score_shards(data: str, folder: Path, model, batch_size: int, workers: int,
     return [{"key": k, "score": s} for p in parts for k, s in zip(p["keys"], p["scores"])], sum(p["skipped"] for p in parts)
 
 
+def check_prune_args(data: str, keep_fraction: float, batch_size: int) -> None:
+    """One-line errors for bad arguments, before a model is loaded."""
+    if not 0 < keep_fraction <= 1:
+        raise TTDError(f"keep fraction must lie in (0, 1], got {keep_fraction}")
+    if batch_size < 1:
+        raise TTDError(f"batch size must be at least 1, got {batch_size}")
+    check_data(data)
+
+
 def prune(
     data: str,
     out: str | os.PathLike,
@@ -157,10 +166,7 @@ def prune(
     """Score every pair of ``data`` with ``model`` and write the top ``keep_fraction`` to ``out``."""
     from tqdm.auto import tqdm
 
-    if not 0 < keep_fraction <= 1:
-        raise TTDError(f"keep fraction must lie in (0, 1], got {keep_fraction}")
-    if batch_size < 1:
-        raise TTDError(f"batch size must be at least 1, got {batch_size}")
+    check_prune_args(data, keep_fraction, batch_size)
     out = Path(out)
     folder = _scores_dir(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -94,8 +94,8 @@ class Distributed:
     def setup(cls, device: str | None = None) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        if device is None and world > 1 and torch.cuda.is_available():
-            device = f"cuda:{local_rank}"
+        if world > 1 and device in (None, "cuda") and torch.cuda.is_available():
+            device = f"cuda:{local_rank}"  # one GPU per process
         dev = default_device(device)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ __all__ = [
     "IMAGENET_STD",
     "MAX_PIXELS",
     "load_image",
+    "decode_image",
     "to_tensor",
     "normalize",
     "resize_short_side",
@@ -61,14 +63,23 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     path = Path(path)
     if not path.is_file():
         raise TTDError(f"image not found: {path}")
+    return _open_rgb(path, str(path), max_pixels)
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """:func:`load_image` for encoded bytes (a member of a tar shard); ``name`` goes in errors."""
+    return _open_rgb(io.BytesIO(data), name, max_pixels)
+
+
+def _open_rgb(source, name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise TTDError(
-                        f"image {path} has {w}×{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                        f"image {name} has {w}×{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
                         "(a decompression bomb?); resize it or raise max_pixels"
                     )
                 img.load()
@@ -77,9 +88,9 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     except TTDError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise TTDError(f"image {path} is too large to decode safely ({err}); resize it first") from None
+        raise TTDError(f"image {name} is too large to decode safely ({err}); resize it first") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise TTDError(f"cannot read image {path}: {err} (is it a complete image file?)") from None
+        raise TTDError(f"cannot read image {name}: {err} (is it a complete image file?)") from None
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

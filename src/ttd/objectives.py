@@ -1,0 +1,222 @@
+"""Training objectives: one batch of pairs → a loss. The trainer is generic over these.
+
+* :class:`TTDObjective`: Text-Tag Self-Distillation (METHOD §5) with online tag selection.
+* :class:`ContrastiveObjective`: CLIP's symmetric InfoNCE (the plain baseline step; pretraining).
+
+An objective is a callable ``(model, batch) -> (loss, metrics)`` with a ``metrics`` tuple naming
+the scalar metrics it returns; the loss is the mean over the process's batch, so the trainer can
+weight processes by their batch sizes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .distill import DISTANCES, ttd_loss
+from .errors import TTDError
+from .models.dense import DenseCLIP
+from .models.lora import adapters_disabled
+from .models.tokenizer import tokenize
+from .tags import NORMALIZATIONS, candidate_tags, check_template, image_tag_scores, pixel_tag_scores, select_tags, tag_prompt
+
+__all__ = [
+    "TagBatch",
+    "SelectionInputs",
+    "TAG_SCORERS",
+    "register_tag_scorer",
+    "batch_tags",
+    "TTDObjective",
+    "ContrastiveObjective",
+]
+
+
+@dataclass
+class TagBatch:
+    """The candidate tags of a batch of captions, padded: ``words[b][k]`` is embedded as
+    ``unique[index[b, k]]`` where ``valid[b, k]``; padding sits after each row's tags."""
+
+    words: list[list[str]]
+    unique: list[str]
+    index: torch.Tensor  # (B, N) long
+    valid: torch.Tensor  # (B, N) bool
+
+
+def batch_tags(captions: Sequence[str], tagger: Callable[[str], list[str]] = candidate_tags) -> TagBatch:
+    words = [tagger(c) for c in captions]
+    unique = list(dict.fromkeys(w for row in words for w in row))
+    position = {w: i for i, w in enumerate(unique)}
+    width = max((len(row) for row in words), default=0)
+    index = torch.zeros(len(words), width, dtype=torch.long)
+    valid = torch.zeros(len(words), width, dtype=torch.bool)
+    for b, row in enumerate(words):
+        index[b, : len(row)] = torch.tensor([position[w] for w in row], dtype=torch.long)
+        valid[b, : len(row)] = True
+    return TagBatch(words, unique, index, valid)
+
+
+@dataclass
+class SelectionInputs:
+    """Everything a tag scorer may look at, all detached from the graph."""
+
+    captions: Sequence[str]
+    tags: TagBatch
+    global_emb: torch.Tensor  # (B, C)  f(I)
+    tag_emb: torch.Tensor  # (B, N, C) g(t_k)
+    tag_cosines: torch.Tensor  # (B, N, h, w) cos_{t_k}(p)
+    norm: str  # score normalisation across tags: softmax | minmax | none
+
+
+def _pixel_scores(inp: SelectionInputs) -> torch.Tensor:
+    """Eq. 2, per location across tags, then the maximum over locations."""
+    return pixel_tag_scores(inp.tag_cosines, inp.norm, inp.tags.valid.to(inp.tag_cosines.device))
+
+
+def _image_scores(inp: SelectionInputs) -> torch.Tensor:
+    """Eq. 1, from the global image embedding."""
+    scores = torch.zeros(inp.tag_emb.shape[:2], device=inp.tag_emb.device)
+    for b, n in enumerate(inp.tags.valid.sum(dim=1).tolist()):
+        if n:
+            scores[b, :n] = image_tag_scores(inp.global_emb[b], inp.tag_emb[b, :n], inp.norm).float()
+    return scores
+
+
+# A scorer maps SelectionInputs to scores (B, N) in [0, 1]; tags scoring ≥ τ are selected. A
+# caption-only tagger (nouns, an LLM) plugs in as a scorer returning 1 for the words it picks.
+TAG_SCORERS: dict[str, Callable[[SelectionInputs], torch.Tensor]] = {"pixel": _pixel_scores, "image": _image_scores}
+
+
+def register_tag_scorer(name: str, scorer: Callable[[SelectionInputs], torch.Tensor]) -> None:
+    TAG_SCORERS[name] = scorer
+
+
+TEACHERS = ("online", "frozen")
+
+
+class TTDObjective:
+    """Text-Tag Self-Distillation: tag selection (step 1), then the losses of Eq. 4–5.
+
+    ``teacher="online"`` (default): the CURRENT model selects. One forward pass gives the dense
+    map, the caption and the tag embeddings; tags are selected from the DETACHED tag cosines of
+    that same pass (no gradient, no second pass; with LoRA dropout above 0 the selection sees the
+    dropped-out pass). ``teacher="frozen"``: the model as it was before training selects, in an
+    extra pass without gradient (adapters switched off; a frozen copy under full fine-tuning).
+    """
+
+    metrics = ("l_distill", "l_tag", "selected", "candidates")
+
+    def __init__(
+        self,
+        scorer: str = "pixel",
+        tau: float = 0.5,
+        score_norm: str = "softmax",
+        keep_argmax: bool = False,
+        tag_template: str = "{}",
+        distance: str = "l1",
+        distill_weight: float = 1.0,
+        tag_weight: float = 1.0,
+        eps: float = 1e-6,
+        teacher: str = "online",
+    ):
+        if teacher not in TEACHERS:
+            raise TTDError(f"unknown teacher {teacher!r}; choose one of: {', '.join(TEACHERS)}")
+        if scorer not in TAG_SCORERS:
+            raise TTDError(f"unknown tag scorer {scorer!r}; choose one of: {', '.join(TAG_SCORERS)}")
+        if distance not in DISTANCES:
+            raise TTDError(f"unknown distance {distance!r}; choose one of: {', '.join(DISTANCES)}")
+        if score_norm not in NORMALIZATIONS:
+            raise TTDError(f"unknown score normalisation {score_norm!r}; choose one of: {', '.join(NORMALIZATIONS)}")
+        check_template(tag_template)
+        self.scorer, self.tau, self.score_norm, self.keep_argmax = scorer, tau, score_norm, keep_argmax
+        self.tag_template, self.distance = tag_template, distance
+        self.distill_weight, self.tag_weight, self.eps = distill_weight, tag_weight, eps
+        self.teacher, self._frozen = teacher, None
+
+    def prepare(self, model: DenseCLIP) -> None:
+        """Called by the trainer before any update: keep a frozen copy when one is needed."""
+        if self.teacher == "frozen" and getattr(model, "finetune", "lora") == "full":
+            self._frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def _teacher_pass(self, model: DenseCLIP, images: torch.Tensor, tag_tokens: torch.Tensor, index: torch.Tensor):
+        """Global embeddings, tag embeddings and tag cosines of the frozen teacher."""
+        teacher = self._frozen or model
+        with adapters_disabled(model) if self._frozen is None else nullcontext():
+            global_emb, dense = teacher.encode_image(images)
+            tag_emb = teacher.encode_tokens(tag_tokens)[index]
+            return global_emb, tag_emb, teacher.similarity(dense, tag_emb)
+
+    def __call__(self, model: DenseCLIP, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        context = model.config.context_length
+        tags = batch_tags(batch.captions)
+        global_emb, dense = model.encode_image(batch.images)
+        caption_emb = model.encode_tokens(tokenize(batch.captions, context))
+        index = tags.index.to(model.device)
+        # tags are short: one call, padded only to the longest tag of the batch
+        tag_tokens = tokenize([tag_prompt(t, self.tag_template) for t in tags.unique] or [""], context)
+        tag_emb = model.encode_tokens(tag_tokens)[index]
+        if self.teacher == "frozen":
+            teacher_seen = self._teacher_pass(model, batch.images, tag_tokens, index)
+        # heatmaps, selection and losses in float32: bf16 cosines are too coarse for softmax at 100
+        with torch.autocast(dense.device.type, enabled=False):
+            dense, caption_emb, tag_emb = dense.float(), caption_emb.float(), tag_emb.float()
+            caption_map = model.heatmap(dense, caption_emb[:, None])[:, 0]
+            tag_cosines = model.similarity(dense, tag_emb)
+            tag_maps = model.calibration(tag_cosines)
+            with torch.no_grad():
+                if self.teacher == "online":
+                    seen = global_emb.detach().float(), tag_emb.detach(), tag_cosines.detach()
+                else:
+                    seen = tuple(t.float() for t in teacher_seen)
+                scores = TAG_SCORERS[self.scorer](SelectionInputs(batch.captions, tags, *seen, self.score_norm))
+                selected = select_tags(scores, self.tau, self.keep_argmax, tags.valid.to(scores.device))
+            valid = tags.valid.to(selected.device)
+            out = ttd_loss(caption_map, tag_maps, selected, valid, self.distance, self.tag_weight, self.distill_weight, self.eps)
+        metrics = {
+            "l_distill": out.distill.detach(),
+            "l_tag": out.tag.detach(),
+            "selected": selected.sum(dim=1).float().mean(),
+            "candidates": valid.sum(dim=1).float().mean(),
+        }
+        return out.total, metrics
+
+
+def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All processes' rows (gradients flow back to their owners) and this process's offset."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    sizes = [int(s) for s in sizes]
+    padded = F.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))  # all_gather needs equal shapes
+    parts = all_gather(padded)
+    rank = dist.get_rank()
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sum(sizes[:rank])
+
+
+class ContrastiveObjective:
+    """CLIP's symmetric InfoNCE over the global batch (negatives gathered from every process).
+
+    Uses the plain global embeddings (``clip.encode_image``: the last block runs once) and the
+    learnable logit scale, clamped at 100 as in CLIP.
+    """
+
+    metrics = ("logit_scale",)
+
+    def __call__(self, model: DenseCLIP, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = F.normalize(model.clip.encode_image(batch.images), dim=-1)
+        text = model.encode_tokens(tokenize(batch.captions, model.config.context_length))
+        all_image, offset = _gather_with_grad(image)
+        all_text, _ = _gather_with_grad(text)
+        scale = model.clip.logit_scale.exp().clamp(max=100)
+        labels = torch.arange(offset, offset + image.shape[0], device=image.device)
+        loss = (F.cross_entropy(scale * image @ all_text.T, labels) + F.cross_entropy(scale * text @ all_image.T, labels)) / 2
+        return loss, {"logit_scale": scale.detach()}

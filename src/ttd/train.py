@@ -1,0 +1,570 @@
+"""The training loop: one or many processes (``torchrun``), exact checkpoint/resume, logging.
+
+The loop is generic over an *objective* (``(model, batch) -> (loss, metrics)``, see
+:mod:`ttd.objectives`); TTD (:func:`train`) is one objective and CLIP pretraining another.
+
+``pretrain`` runs CLIP's contrastive objective from random weights with the same machinery.
+
+Data parallelism: each process takes ``batch_size / world`` samples of every global batch; after
+the backward pass ONE all-reduce sums the gradients weighted by each process's batch size (plus
+two small bookkeeping entries), so every process applies the same update: the gradient of the
+mean loss over the global batch. ``DistributedDataParallel`` is not used because TTD leaves some
+adapters out of the graph depending on the dense variant and scorer (MaskCLIP's dense path skips
+the last block's q and k), which DDP only tolerates with an extra graph search every step; the
+adapters' gradients are small, so one flat all-reduce costs less than DDP's buckets. (Full
+fine-tuning therefore does not overlap communication with the backward pass.)
+
+A checkpoint (``OUT/checkpoints/step_XXXXXXXX/``) holds the trainable parameters, the optimiser
+and scheduler, the configuration, and per process the RNG states of Python, NumPy, torch and CUDA
+plus the data position; it is written to a temporary folder and renamed, so it is complete or
+absent. ``resume`` continues from the newest one exactly: the parameters after step N of a
+resumed run equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import TTDError
+from .io import atomic_write_bytes, default_device
+from .models.dense import DenseCLIP
+from .train_config import TrainConfig, config_to_yaml, load_config
+
+__all__ = [
+    "TrainConfig",
+    "load_config",
+    "config_to_yaml",
+    "WarmupCosine",
+    "Distributed",
+    "Trainer",
+    "TrainResult",
+    "train",
+    "pretrain",
+    "resolve_config",
+    "latest_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+
+
+class WarmupCosine:
+    """Learning-rate factor: linear warm-up from 0, then cosine decay to ``min_ratio``."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float = 0.0):
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --- processes --------------------------------------------------------------------------------
+@dataclass
+class Distributed:
+    """This process's place in a (possibly one-process) run; started from torchrun's variables."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @classmethod
+    def setup(cls, device: str | None = None) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        if world > 1 and device in (None, "cuda") and torch.cuda.is_available():
+            device = f"cuda:{local_rank}"  # one GPU per process
+        dev = default_device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        owns = False
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+            owns = True
+        if dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        return cls(rank, world, local_rank, dev, owns)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1 and dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def reduce_gradients(params: list[torch.nn.Parameter], weight: float, extra: list[float], dist_env: Distributed) -> list[float]:
+    """Make every process's gradients ``Σ_r w_r·g_r / Σ_r w_r`` with ONE all-reduce.
+
+    ``weight`` is this process's sample count; a parameter keeps no gradient only when it has
+    none on every process. ``extra`` values are summed alongside; returned with ``Σ w`` first.
+    """
+    if not dist_env.active:
+        return [weight, *extra]
+    device = params[0].device
+    chunks = [p.grad.flatten().float() * weight if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params]
+    flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    tail = torch.tensor([weight, *extra], dtype=torch.float32, device=device)
+    flat = torch.cat([*chunks, flags, tail])
+    dist.all_reduce(flat)
+    sums = flat[-len(tail) :].tolist()
+    total = max(sums[0], 1e-12)
+    offset = 0
+    for p, has in zip(params, flat[-len(tail) - len(params) : -len(tail)].tolist()):
+        n = p.numel()
+        p.grad = (flat[offset : offset + n] / total).view_as(p).to(p.dtype) if has else None
+        offset += n
+    return sums
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+def _step_dir(out: Path, step: int) -> Path:
+    return out / CHECKPOINTS / f"step_{step:08d}"
+
+
+def latest_checkpoint(out: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder under ``out`` (None when there is none)."""
+    root = Path(out) / CHECKPOINTS
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _save_torch(obj, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_torch(path: Path):
+    if not path.is_file():
+        raise TTDError(f"checkpoint file missing: {path} (was the run written by a different number of processes?)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- the trainer ------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    step: int
+    adapter: Path | None
+    checkpoint: Path | None
+    metrics: dict[str, float]
+    stopped_early: bool
+
+
+class Trainer:
+    """Runs ``objective`` on ``model`` with the data, schedule and bookkeeping of ``config``.
+
+    ``model``: an in-memory dense model (tests, notebooks); by default ``config.model`` is loaded.
+    ``resume``: continue from the newest checkpoint in ``config.out``.
+    """
+
+    def __init__(self, config: TrainConfig, objective, model: DenseCLIP | None = None, resume: bool = False):
+        from .data.pairs import PairLoader, check_data
+        from .models.lora import base_fingerprint, inject_lora, set_trainable
+
+        self.config = config.validate()
+        self.objective = objective
+        self.dist = Distributed.setup(config.device)
+        self.out = Path(config.out)
+        checkpoint = latest_checkpoint(self.out)
+        if resume and checkpoint is None:
+            raise TTDError(f"no checkpoint under {self.out} to resume; drop --resume to start a new run")
+        if not resume and checkpoint is not None:
+            raise TTDError(f"{self.out} already holds a run (checkpoint {checkpoint.name}); pass --resume to continue it or choose another --out")
+        if config.precision == "bf16" and self.dist.device.type != "cuda":
+            raise TTDError("bf16 mixed precision runs on CUDA only; use --precision fp32 (or auto) on CPU")
+        self.autocast = self.dist.device.type == "cuda" and config.precision in ("auto", "bf16")
+        check_data(config.data)
+        if config.keep is not None and not Path(config.keep).is_file():
+            raise TTDError(f"keep-list not found: {config.keep}")
+
+        _seed_everything(config.seed)  # identical adapter initialisation in every process
+        if model is None:
+            from .models import load_model
+
+            model = load_model(config.model, dense=config.dense, device=str(self.dist.device), quick_gelu=config.quick_gelu)
+        self.model = model.to(self.dist.device)
+        self.model.base_fingerprint = base_fingerprint(self.model)
+        if config.finetune == "lora":
+            inject_lora(self.model, config.lora_config())
+        self.names = set_trainable(self.model, config.finetune, config.train_calibration)
+        if hasattr(objective, "prepare"):
+            objective.prepare(self.model)  # before any update, and before a checkpoint loads
+        named = dict(self.model.named_parameters())
+        self.params = [named[n] for n in self.names]
+        if self.dist.active:
+            for p in self.params:
+                dist.broadcast(p.data, src=0)
+        self.model.train()
+
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
+        )
+        self.step = 0
+        self._interval: dict | None = None  # metric sums since the last log
+        if resume:  # restores the RNG streams too
+            data_state = self._load_checkpoint(checkpoint)
+        else:
+            data_state = None
+            _seed_everything(config.seed + self.dist.rank)  # per-process streams (dropout)
+        self.loader = PairLoader(
+            config.data,
+            config.batch_size,
+            image_size=config.image_size,
+            seed=config.seed,
+            rank=self.dist.rank,
+            world=self.dist.world,
+            workers=config.workers,
+            shuffle_buffer=config.shuffle_buffer,
+            keep=config.keep,
+            state=data_state,
+            pin_memory=self.dist.device.type == "cuda",
+        )
+        self._stop_requested = False
+
+    # --- checkpoints ---
+    def _load_checkpoint(self, path: Path) -> dict:
+        state = _load_torch(path / "trainer.pt")
+        if state["world"] != self.dist.world:
+            raise TTDError(f"checkpoint {path} was written by {state['world']} process(es); resume with the same number (now {self.dist.world})")
+        missing = sorted(set(self.names) ^ set(state["trainable"]))
+        if missing:
+            raise TTDError(f"checkpoint {path} does not fit this run's trainable parameters (e.g. {missing[0]!r}); resume with the same finetune/LoRA settings")
+        self.model.load_state_dict(state["trainable"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        mine = _load_torch(path / f"rank{self.dist.rank}.pt")
+        _set_rng_state(mine["rng"])
+        self._interval = mine["log_interval"]  # so the first log after resuming averages the same steps
+        return mine["data"]
+
+    def save_checkpoint(self) -> Path:
+        from .models.lora import save_adapter
+
+        final = _step_dir(self.out, self.step)
+        tmp = final.with_name(final.name + ".tmp")
+        if self.dist.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.dist.barrier()
+        mine = {"rng": _rng_state(), "data": self.loader.state_dict(), "log_interval": self._interval}
+        _save_torch(mine, tmp / f"rank{self.dist.rank}.pt")
+        if self.dist.main:
+            trainable = {n: p.detach().cpu() for n, p in zip(self.names, self.params)}
+            _save_torch(
+                {
+                    "step": self.step,
+                    "world": self.dist.world,
+                    "trainable": trainable,
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "config": self.config.to_dict(),
+                },
+                tmp / "trainer.pt",
+            )
+            atomic_write_bytes(tmp / "config.yaml", config_to_yaml(self.config).encode())
+            save_adapter(self.model, tmp / "adapter.safetensors")
+        self.dist.barrier()
+        if self.dist.main:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            done = sorted(p for p in final.parent.glob("step_*") if not p.name.endswith(".tmp"))
+            for old in done[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.dist.barrier()
+        return final
+
+    # --- logging ---
+    def _open_logs(self):
+        if not self.dist.main:
+            return None, None
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.out / "config.yaml", config_to_yaml(self.config).encode())
+        log_path = self.out / "log.jsonl"
+        if log_path.is_file():  # drop entries past the checkpoint a resumed run restarts from
+            kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
+            atomic_write_bytes(log_path, "".join(line + "\n" for line in kept).encode())
+        writer = None
+        if self.config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+            except ImportError:
+                log.info("tensorboard is not installed: no TensorBoard events")
+        return log_path.open("a", encoding="utf-8"), writer
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        if self.dist.main:
+            print(f"\nsignal {signum}: stopping after this step with a checkpoint (again to abort)", file=sys.stderr)
+
+    # --- the loop ---
+    def _batches(self) -> Iterator:
+        while True:
+            yield from self.loader
+
+    def fit(self, stop_after: int | None = None, progress: bool = True) -> TrainResult:
+        """Train until ``config.steps`` (or until step ``stop_after``, or a SIGINT/SIGTERM), with
+        checkpoints every ``save_every`` steps and at the end; returns where it stopped."""
+        from tqdm.auto import tqdm
+
+        from .models.lora import save_adapter
+
+        cfg, model = self.config, self.model
+        target = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        if self.dist.main:
+            print(f"ttd train: {type(self.objective).__name__}, {self.dist.world} process(es) on {self.dist.device}, "
+                  f"{sum(p.numel() for p in self.params):,} trainable parameters\n{config_to_yaml(cfg)}", end="", flush=True)
+        log_file, writer = self._open_logs()
+        names = ("loss", *self.objective.metrics)
+        if self._interval is None:
+            self._interval = {"sums": torch.zeros(len(names)), "samples": 0.0}
+        timed, tick = 0.0, time.perf_counter()  # throughput of this invocation only
+        last: dict[str, float] = {}
+        checkpoint = None
+        handlers = {}
+        if _in_main_thread():
+            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and self.dist.main), unit="step", dynamic_ncols=True)
+        batches = self._batches()
+        try:
+            while self.step < target:
+                batch = next(batches)
+                n = len(batch)
+                local = torch.zeros(len(names))
+                if n:
+                    images = batch.images.to(self.dist.device, non_blocking=True)
+                    with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                        loss, metrics = self.objective(model, dataclasses.replace(batch, images=images))
+                    loss.backward()
+                    local = torch.tensor([float(loss.detach()), *(float(metrics[k]) for k in self.objective.metrics)])
+                total, stop = reduce_gradients(self.params, float(n), [float(self._stop_requested)], self.dist)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip else None
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self._interval["sums"] += local * n
+                self._interval["samples"] += total
+                timed += total
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    rate = timed / max(time.perf_counter() - tick, 1e-9)
+                    last = self._log(names, grad_norm, rate, log_file, writer, bar)
+                    timed, tick = 0.0, time.perf_counter()
+                if stop:
+                    break
+                if self.step % cfg.save_every == 0 and self.step < target:
+                    checkpoint = self.save_checkpoint()
+            checkpoint = self.save_checkpoint()
+            adapter = None
+            if self.step >= cfg.steps and self.dist.main:
+                adapter = save_adapter(model, self.out / "adapter.safetensors")
+            self.dist.barrier()
+        finally:
+            bar.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if log_file:
+                log_file.close()
+            if writer:
+                writer.close()
+        return TrainResult(self.step, adapter, checkpoint, last, self.step < cfg.steps)
+
+    def _log(self, names, grad_norm, rate, log_file, writer, bar) -> dict[str, float]:
+        """Means over the steps since the last log (all processes), then a fresh interval."""
+        reduced, samples = self._interval["sums"].clone(), self._interval["samples"]
+        self._interval = {"sums": torch.zeros(len(names)), "samples": 0.0}
+        if self.dist.active:
+            reduced = reduced.to(self.dist.device)
+            dist.all_reduce(reduced)
+            reduced = reduced.cpu()
+        means = (reduced / max(samples, 1e-12)).tolist()
+        entry = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **dict(zip(names, means))}
+        if grad_norm is not None:
+            entry["grad_norm"] = float(grad_norm)
+        skipped = torch.tensor([float(self.loader.skipped)])
+        if self.dist.active:
+            skipped = skipped.to(self.dist.device)
+            dist.all_reduce(skipped)
+        entry.update(samples_per_s=rate, skipped=int(skipped.item()))
+        if self.dist.main:
+            log_file.write(json.dumps(entry) + "\n")
+            log_file.flush()
+            if writer is not None:
+                for key, value in entry.items():
+                    if key != "step":
+                        writer.add_scalar(f"train/{key}", value, self.step)
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", sps=f"{entry['samples_per_s']:.1f}", skipped=entry["skipped"])
+        return entry
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def ttd_objective(config: TrainConfig):
+    from .objectives import TTDObjective
+
+    return TTDObjective(
+        scorer=config.scorer,
+        tau=config.tau,
+        score_norm=config.score_norm,
+        keep_argmax=config.keep_argmax,
+        tag_template=config.tag_template,
+        distance=config.distance,
+        distill_weight=config.distill_weight,
+        tag_weight=config.tag_weight,
+        eps=config.minmax_eps,
+        teacher=config.teacher,
+    )
+
+
+def resolve_config(
+    path: str | os.PathLike | None, overrides: dict, resume: bool = False, defaults: dict | None = None
+) -> TrainConfig:
+    """The configuration of one ``ttd train`` call: the defaults (updated by ``defaults``; on
+    ``resume``, the run's saved configuration), then the YAML file at ``path``, then the flags in
+    ``overrides``."""
+    fresh = load_config(**(defaults or {}))
+    base = fresh
+    if resume:
+        out = overrides.get("out") or load_config(path, base=fresh).out
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            raise TTDError(f"no checkpoint under {out} to resume; drop --resume to start a new run")
+        base = load_config(checkpoint / "config.yaml")
+    config = load_config(path, base=base, **overrides)
+    if resume:
+        changed = [k for k, v in config.to_dict().items() if base.to_dict()[k] != v]
+        if changed and int(os.environ.get("RANK", "0")) == 0:
+            print(f"ttd: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+    return config
+
+
+def train(
+    config: TrainConfig,
+    model: DenseCLIP | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """TTD fine-tuning (METHOD §5): adapters trained on ``config.data``, written to ``config.out``."""
+    trainer = Trainer(config, ttd_objective(config), model=model, resume=resume)
+    try:
+        return trainer.fit(stop_after=stop_after, progress=progress)
+    finally:
+        trainer.dist.close()
+
+
+def pretrain(
+    config: TrainConfig,
+    clip_config=None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """CLIP contrastive pretraining from random weights: InfoNCE over the global batch, every
+    weight trained, same data formats, checkpoints and processes as :func:`train`.
+
+    ``clip_config``: the architecture (:class:`ttd.CLIPConfig`, default ViT-B/16) at
+    ``config.image_size``; a resumed run reuses the one saved in ``config.out``. At the end
+    ``OUT/model.safetensors`` holds the CLIP weights under OpenAI's names.
+    """
+    from .io import save_json
+    from .models import CLIPConfig, create_model
+    from .models.weights import save_weights
+    from .objectives import ContrastiveObjective
+
+    config = dataclasses.replace(config, finetune="full")
+    saved_arch = Path(config.out) / "clip_config.json"
+    if resume and saved_arch.is_file():
+        saved = CLIPConfig(**json.loads(saved_arch.read_text()))
+        if clip_config is not None and clip_config != saved:
+            raise TTDError(f"{config.out} was pretraining another architecture ({saved_arch}); resume without a new one")
+        clip_config = saved
+    clip_config = dataclasses.replace(clip_config or CLIPConfig(), image_size=config.image_size)
+    _seed_everything(config.seed)  # the same random initialisation in every process
+    trainer = Trainer(config, ContrastiveObjective(), model=create_model(clip_config, dense=config.dense), resume=resume)
+    try:
+        if trainer.dist.main:
+            save_json(clip_config.to_dict(), saved_arch)
+        result = trainer.fit(stop_after=stop_after, progress=progress)
+        if not result.stopped_early and trainer.dist.main:
+            save_weights(trainer.model, Path(config.out) / "model.safetensors")
+        return result
+    finally:
+        trainer.dist.close()

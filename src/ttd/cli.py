@@ -259,7 +259,8 @@ def _run_segment(args) -> int:
         skip = (0,) if vocabulary.has_background else ()
         shown = sorted(labels.unique().tolist())
         legend_names, legend_colors = [result.classes[k] for k in shown], [colors[k] for k in shown]
-        heat, titles = result.scores, result.classes
+        first = 1 if vocabulary.has_background else 0  # the background channel is not a heatmap
+        heat, titles = result.scores[first:], result.classes[first:]
         for k in shown:
             print(f"{result.classes[k]:<24} {100.0 * (labels == k).float().mean().item():5.1f}%")
     figure = with_legend(overlay(image, labels, colors, skip=skip), legend_names, legend_colors)

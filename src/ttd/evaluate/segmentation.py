@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from ..cache import weights_fingerprint
-from ..data.segmentation import SegmentationDataset
+from ..data.segmentation import IGNORE_INDEX, SegmentationDataset
 from ..io import atomic_write_bytes, markdown_table, save_json
 from ..metrics import ConfusionMatrix
 from ..protocols import Protocol
 from ..segment import Segmenter
-from ..viz import overlay, palette, panels, with_legend
+from ..viz import IGNORE_COLOR, overlay, palette, panels, with_legend
 from ..vocabulary import Vocabulary
 from .runtime import DistContext, EvalCheckpoint, evaluation_loop
 
@@ -42,12 +42,15 @@ def prediction_figure(image: Image.Image, prediction: torch.Tensor, target: torc
     """[image | prediction | ground truth] with a legend of the classes either one shows."""
     colors = palette(len(vocabulary), vocabulary.has_background)
     skip = (0,) if vocabulary.has_background else ()
-    shown = sorted(set(prediction.unique().tolist()) | (set(target.unique().tolist()) - {255}))
+    shown = sorted(set(prediction.unique().tolist()) | (set(target.unique().tolist()) - {IGNORE_INDEX}))
     figure = panels(
         [image, overlay(image, prediction, colors, skip=skip), overlay(image, target, colors, skip=skip)],
-        ["image", "prediction", "ground truth (white = ignored)"],
+        ["image", "prediction", "ground truth"],
     )
-    return with_legend(figure, [vocabulary.display_names[k] for k in shown], [colors[k] for k in shown])
+    names, swatches = [vocabulary.display_names[k] for k in shown], [colors[k] for k in shown]
+    if (target == IGNORE_INDEX).any():
+        names, swatches = names + ["ignored"], swatches + [IGNORE_COLOR]
+    return with_legend(figure, names, swatches)
 
 
 def _percent(x: float) -> float:

@@ -89,7 +89,8 @@ def _add_protocol_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KNOB=VALUE",
                    help="override protocol knobs, e.g. --set pamr=true scales=1,0.5 (see --print-protocol)")
     p.add_argument("--print-protocol", action="store_true", help="print the resolved protocol as YAML and exit")
-    p.add_argument("--window-batch", type=int, default=16, help="windows per forward (default 16; lower it to save memory)")
+    p.add_argument("--window-batch", type=int, default=16,
+                   help="windows per forward (default 16; lower it to save memory)")
 
 
 def _add_eval_run_args(p: argparse.ArgumentParser) -> None:
@@ -210,7 +211,8 @@ def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="segment one image by class names or by a caption; writes an overlay PNG")
     p.add_argument("image", help="image file")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--classes", help='comma-separated names ("cat,dog,grass") or a classes.txt file (synonyms per line)')
+    what.add_argument("--classes",
+                      help='comma-separated names ("cat,dog,grass") or a classes.txt file (synonyms per line)')
     what.add_argument("--text", help="one free-form caption: its heatmap thresholded into a mask")
     p.add_argument("--no-background", dest="background", action="store_false",
                    help="do not add a background class in front of --classes names")
@@ -218,7 +220,8 @@ def _add_segment(sub) -> None:
     p.add_argument("--flip", action="store_true", default=None, help="also average the mirrored image")
     p.add_argument("--pamr", action="store_true", default=None, help="refine with PAMR")
     p.add_argument("--threshold", type=float, default=None,
-                   help="background threshold for --classes (default: the protocol's), caption threshold for --text (default 0.40)")
+                   help="background threshold for --classes (default: the protocol's), "
+                   "caption threshold for --text (default 0.40)")
     p.add_argument("--out", default="overlay.png", help="overlay PNG to write (default overlay.png)")
     p.add_argument("--heatmaps", default=None, help="also write a grid of per-class (or caption) heatmaps here")
     _add_protocol_args(p, "tcl")
@@ -243,11 +246,13 @@ def _run_segment(args) -> int:
     image = load_image(args.image)
     segmenter = Segmenter(load_model_from_args(args), protocol, window_batch=args.window_batch)
     if args.text:
-        result = segmenter.predict_caption(image, args.text, CAPTION_THRESHOLD if args.threshold is None else args.threshold)
+        threshold = CAPTION_THRESHOLD if args.threshold is None else args.threshold
+        result = segmenter.predict_caption(image, args.text, threshold)
         labels, colors, skip = result.mask.long(), [(0, 0, 0), (255, 60, 60)], (0,)
         legend_names, legend_colors = [args.text], colors[1:]
         heat, titles = result.heatmap[None], [args.text]
-        print(f"{args.text!r}: {100.0 * result.mask.float().mean().item():.1f}% of the image above {result.threshold:.2f}")
+        share = 100.0 * result.mask.float().mean().item()
+        print(f"{args.text!r}: {share:.1f}% of the image above {result.threshold:.2f}")
     else:
         if Path(args.classes).is_file():
             vocabulary = Vocabulary.from_file(args.classes)

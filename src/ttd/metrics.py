@@ -48,7 +48,9 @@ class ConfusionMatrix:
         prediction, target = prediction[valid], target[valid]
         k = self.num_classes
         if target.numel() and (target.min() < 0 or target.max() >= k or prediction.min() < 0 or prediction.max() >= k):
-            raise ValueError(f"class ids must lie in [0, {k}) (or equal ignore_index={self.ignore_index} in the target)")
+            raise ValueError(
+                f"class ids must lie in [0, {k}) (or equal ignore_index={self.ignore_index} in the target)"
+            )
         self.matrix += torch.bincount(target * k + prediction, minlength=k * k).view(k, k)
 
     def reduce(self) -> ConfusionMatrix:

@@ -177,7 +177,9 @@ def _read_yaml(name_or_path: str | os.PathLike) -> dict:
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise TTDError(f"unknown protocol {str(name_or_path)!r}: choose one of {', '.join(PRESETS)} or give a YAML file")
+            raise TTDError(
+                f"unknown protocol {str(name_or_path)!r}: choose one of {', '.join(PRESETS)} or give a YAML file"
+            )
         text, source = path.read_text(encoding="utf-8"), str(path)
     try:
         data = yaml.safe_load(text)
@@ -220,10 +222,13 @@ def load_templates(spec: str | os.PathLike) -> list[str]:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise TTDError(f"unknown templates {str(spec)!r}: choose one of {', '.join(TEMPLATE_SETS)} or give a text file")
+            raise TTDError(
+                f"unknown templates {str(spec)!r}: choose one of {', '.join(TEMPLATE_SETS)} or give a text file"
+            )
         text, source = path.read_text(encoding="utf-8"), str(path)
     templates = [line.strip() for line in text.splitlines() if line.strip()]
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:
-        raise TTDError(f"{source}: every line must be a template containing '{{}}' (got {bad[0] if bad else 'no lines'!r})")
+        example = bad[0] if bad else "no lines"
+        raise TTDError(f"{source}: every line must be a template containing '{{}}' (got {example!r})")
     return templates

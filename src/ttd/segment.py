@@ -148,51 +148,53 @@ class Segmenter:
             scores = self.model.heatmap(dense, text) if calibrated else self.model.similarity(dense, text)
         return F.interpolate(scores.float(), size=crops.shape[-2:], mode="bilinear", align_corners=False)
 
-    def query_scores(self, image: Image.Image | torch.Tensor, text: torch.Tensor, calibrated: bool) -> torch.Tensor:
-        """Per-query scores (Q, H, W) at the image's own size, averaged over windows, scales and
-        flips, refined by PAMR when the protocol asks for it."""
-        p = self.protocol
-        x = self._as_tensor(image)
-        height, width = x.shape[-2:]
-        views = []  # (normalised resized image, flipped?)
+    def _views(self, x: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
+        """(normalised resized image, mirrored?) for every scale, each followed by its mirror."""
+        p, views = self.protocol, []
         for scale in p.scales:
             resized = normalize(self._resized(x, scale), p.pixel_mean, p.pixel_std)
             views += [(resized, False)] + ([(resized.flip(-1), True)] if p.flip else [])
-        tiles = [(v, box) for v, (img, _) in enumerate(views) for box in window_boxes(*img.shape[-2:], p.crop_size, p.stride)]
-        remaining = [0] * len(views)
-        for v, _ in tiles:
-            remaining[v] += 1
-        canvases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        total = x.new_zeros((len(text), height, width))
+        return views
 
-        def flush(batch):
-            crops = torch.stack([views[v][0][:, y1:y2, x1:x2] for v, (y1, y2, x1, x2) in batch])
-            for (v, (y1, y2, x1, x2)), window in zip(batch, self._score_windows(crops, text, calibrated)):
+    def _batches(self, tiles: list[tuple[int, tuple[int, int, int, int]]]):
+        """Consecutive windows of one shape, at most ``window_batch`` of them, share a forward."""
+        batch: list = []
+        for tile in tiles:
+            y1, y2, x1, x2 = tile[1]
+            if batch and (len(batch) == self.window_batch or (y2 - y1, x2 - x1) != batch[0][2]):
+                yield batch
+                batch = []
+            batch.append((*tile, (y2 - y1, x2 - x1)))
+        if batch:
+            yield batch
+
+    def query_scores(self, image: Image.Image | torch.Tensor, text: torch.Tensor, calibrated: bool) -> torch.Tensor:
+        """Per-query scores (Q, H, W) at the image's own size, averaged over windows, scales and
+        flips, refined by PAMR when the protocol asks for it."""
+        x = self._as_tensor(image)
+        size = tuple(x.shape[-2:])
+        views = self._views(x)
+        crop, stride = self.protocol.crop_size, self.protocol.stride
+        tiles = [(v, box) for v, (img, _) in enumerate(views) for box in window_boxes(*img.shape[-2:], crop, stride)]
+        pending = [sum(1 for v, _ in tiles if v == view) for view in range(len(views))]
+        canvases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # views in progress: (sum, count)
+        total = x.new_zeros((len(text), *size))
+        for batch in self._batches(tiles):
+            crops = torch.stack([views[v][0][:, y1:y2, x1:x2] for v, (y1, y2, x1, x2), _ in batch])
+            for (v, (y1, y2, x1, x2), _), window in zip(batch, self._score_windows(crops, text, calibrated)):
                 if v not in canvases:
                     shape = views[v][0].shape[-2:]
                     canvases[v] = (x.new_zeros((len(text), *shape)), x.new_zeros((1, *shape)))
                 canvas, count = canvases[v]
                 canvas[:, y1:y2, x1:x2] += window
                 count[:, y1:y2, x1:x2] += 1
-                remaining[v] -= 1
-                if remaining[v] == 0:  # view complete: back to the original size, then free it
+                pending[v] -= 1
+                if pending[v] == 0:  # view complete: back to the original size, then freed
                     canvas, count = canvases.pop(v)
-                    merged = F.interpolate((canvas / count)[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-                    total.add_(merged.flip(-1) if views[v][1] else merged)
-
-        def shape(tile):
-            y1, y2, x1, x2 = tile[1]
-            return y2 - y1, x2 - x1
-
-        batch = []
-        for tile in tiles:  # consecutive windows of one shape share a forward
-            if batch and (len(batch) == self.window_batch or shape(batch[-1]) != shape(tile)):
-                flush(batch)
-                batch = []
-            batch.append(tile)
-        flush(batch)
+                    merged = F.interpolate((canvas / count)[None], size=size, mode="bilinear", align_corners=False)[0]
+                    total += merged.flip(-1) if views[v][1] else merged
         scores = total / len(views)
-        if p.pamr and p.pamr_iterations > 0:
+        if self.protocol.pamr and self.protocol.pamr_iterations > 0:
             scores = self._refine(x, scores)
         return scores
 

@@ -61,7 +61,9 @@ def overlay(
     return Image.fromarray((base * (1 - weight) + tint * weight).round().astype(np.uint8))
 
 
-def legend(names: Sequence[str], colors: Sequence[tuple[int, int, int]], width: int, font_size: int = 14) -> Image.Image:
+def legend(
+    names: Sequence[str], colors: Sequence[tuple[int, int, int]], width: int, font_size: int = 14
+) -> Image.Image:
     """Colour swatches with names, wrapped into rows ``width`` pixels wide."""
     font = _font(font_size)
     pad, swatch = 6, font_size

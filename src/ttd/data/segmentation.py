@@ -19,7 +19,13 @@ from ..errors import TTDError
 from ..images import load_image
 from ..vocabulary import BUILTIN_VOCABULARIES, Vocabulary
 
-__all__ = ["SEGMENTATION_DATASETS", "SegmentationDataset", "SegmentationSample", "load_segmentation_dataset", "read_label"]
+__all__ = [
+    "SEGMENTATION_DATASETS",
+    "SegmentationDataset",
+    "SegmentationSample",
+    "load_segmentation_dataset",
+    "read_label",
+]
 
 IGNORE_INDEX = 255
 
@@ -43,9 +49,11 @@ _CONTEXT = "VOCdevkit/VOC2010/{JPEGImages/*.jpg, SegmentationClassContext/*.png,
 _COCO = "coco_stuff164k/{images/val2017/*.jpg, annotations/val2017/*%s}"
 _voc = dict(roots=("", "VOC2012", "VOCdevkit/VOC2012"), image_dir="JPEGImages", label_dir="SegmentationClass",
             image_suffix=".jpg", label_suffix=".png", split_file="ImageSets/Segmentation/val.txt", tree=_VOC)
-_context = dict(roots=("", "VOC2010", "VOCdevkit/VOC2010"), image_dir="JPEGImages", label_dir="SegmentationClassContext",
-                image_suffix=".jpg", label_suffix=".png", split_file="ImageSets/SegmentationContext/val.txt", tree=_CONTEXT)
-_coco = dict(roots=("", "coco_stuff164k"), image_dir="images/val2017", label_dir="annotations/val2017", image_suffix=".jpg")
+_context = dict(roots=("", "VOC2010", "VOCdevkit/VOC2010"), image_dir="JPEGImages",
+                label_dir="SegmentationClassContext", image_suffix=".jpg", label_suffix=".png",
+                split_file="ImageSets/SegmentationContext/val.txt", tree=_CONTEXT)
+_coco = dict(roots=("", "coco_stuff164k"), image_dir="images/val2017", label_dir="annotations/val2017",
+             image_suffix=".jpg")
 
 SEGMENTATION_DATASETS: dict[str, Layout] = {
     "voc21": Layout(**_voc),
@@ -85,7 +93,9 @@ def read_label(path: Path, reduce_zero_label: bool = False) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
-                raise TTDError(f"label {path} is a {img.mode} image; expected single-channel class ids (palette or grey PNG)")
+                raise TTDError(
+                    f"label {path} is a {img.mode} image; expected single-channel class ids (palette or grey PNG)"
+                )
             label = np.array(img, dtype=np.int64)
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, TTDError):
@@ -116,12 +126,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         label = read_label(label_path, self.reduce_zero_label)
         if tuple(label.shape) != (image.height, image.width):
             raise TTDError(
-                f"label {label_path} is {label.shape[1]}×{label.shape[0]} but image {image_path} is {image.width}×{image.height}"
+                f"label {label_path} is {label.shape[1]}×{label.shape[0]} "
+                f"but image {image_path} is {image.width}×{image.height}"
             )
         bad = (label != IGNORE_INDEX) & (label >= len(self.vocabulary))
         if bad.any():
             raise TTDError(
-                f"label {label_path} holds class id {int(label[bad].max())} but {self.name} has {len(self.vocabulary)} classes"
+                f"label {label_path} holds class id {int(label[bad].max())} "
+                f"but {self.name} has {len(self.vocabulary)} classes"
             )
         return SegmentationSample(image, label, stem)
 

@@ -76,7 +76,11 @@ class CaptionMaskDataset(torch.utils.data.Dataset):
 
 def _figure(sample: CaptionSample, prediction: torch.Tensor) -> Image.Image:
     figure = panels(
-        [sample.image, overlay(sample.image, prediction, COLORS, skip=(0,)), overlay(sample.image, sample.target, COLORS, skip=(0,))],
+        [
+            sample.image,
+            overlay(sample.image, prediction, COLORS, skip=(0,)),
+            overlay(sample.image, sample.target, COLORS, skip=(0,)),
+        ],
         ["image", "prediction", "caption mask"],
     )
     return with_legend(figure, [sample.caption], [COLORS[1]])
@@ -106,7 +110,8 @@ def evaluate_captions(
     checkpoint = None
     if out_dir is not None:
         key = {"task": "caption", "records": len(dataset), "limit": limit, "threshold": threshold,
-               "protocol": protocol.to_dict(), "weights": weights_fingerprint(model), "variant": getattr(model, "name", "")}
+               "protocol": protocol.to_dict(), "weights": weights_fingerprint(model),
+               "variant": getattr(model, "name", "")}
         checkpoint = EvalCheckpoint(out_dir, key, ctx)
         if not resume:
             checkpoint.clear()
@@ -145,7 +150,10 @@ def evaluate_captions(
 
 def caption_markdown(result: dict) -> str:
     """The paper's caption-segmentation table: CaptionIoU (%), mFPR, mFNR; then per class."""
-    header = f"## Caption-level segmentation ({result['records']} captions, threshold {result['threshold']:.2f}, protocol `{result['protocol']['name']}`)\n"
+    header = (
+        f"## Caption-level segmentation ({result['records']} captions, threshold {result['threshold']:.2f}, "
+        f"protocol `{result['protocol']['name']}`)\n"
+    )
     return "\n".join([
         header,
         markdown_table(["method", "CaptionIoU", "mFPR", "mFNR"],

@@ -118,7 +118,8 @@ def evaluation_loop(
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices[done:]), batch_size=None, num_workers=workers, collate_fn=_identity
     )
-    bar = tqdm(total=len(indices), initial=done, desc=desc, unit="img", disable=not (progress and ctx.is_main), dynamic_ncols=True)
+    bar = tqdm(total=len(indices), initial=done, desc=desc, unit="img", dynamic_ncols=True,
+               disable=not (progress and ctx.is_main))
     start = time.perf_counter()
     for step, sample in enumerate(loader, start=done):
         prediction, target = predict(sample)

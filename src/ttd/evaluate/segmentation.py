@@ -38,7 +38,9 @@ DATASET_TITLES = {
 }
 
 
-def prediction_figure(image: Image.Image, prediction: torch.Tensor, target: torch.Tensor, vocabulary: Vocabulary) -> Image.Image:
+def prediction_figure(
+    image: Image.Image, prediction: torch.Tensor, target: torch.Tensor, vocabulary: Vocabulary
+) -> Image.Image:
     """[image | prediction | ground truth] with a legend of the classes either one shows."""
     colors = palette(len(vocabulary), vocabulary.has_background)
     skip = (0,) if vocabulary.has_background else ()
@@ -91,7 +93,8 @@ def evaluate_segmentation(
     checkpoint = None
     if out_dir is not None:
         key = {"task": "seg", "dataset": dataset.name, "images": len(dataset), "limit": limit,
-               "protocol": protocol.to_dict(), "weights": weights_fingerprint(model), "variant": getattr(model, "name", "")}
+               "protocol": protocol.to_dict(), "weights": weights_fingerprint(model),
+               "variant": getattr(model, "name", "")}
         checkpoint = EvalCheckpoint(out_dir, key, ctx)
         if not resume:
             checkpoint.clear()

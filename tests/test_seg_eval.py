@@ -66,16 +66,16 @@ def test_interrupted_run_resumes_from_its_checkpoint(generic, tmp_path, monkeypa
     calls = []
     real = Segmenter.predict
 
-    def crash_on_third(self, image):
+    def crash_on_third(self, image, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, image)
+        return real(self, image, **kwargs)
 
     monkeypatch.setattr(Segmenter, "predict", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         evaluate_segmentation(model, dataset, protocol, tmp_path / "run", progress=False, figures=0, checkpoint_every=1)
-    monkeypatch.setattr(Segmenter, "predict", lambda self, image: calls.append(1) or real(self, image))
+    monkeypatch.setattr(Segmenter, "predict", lambda self, image, **kw: calls.append(1) or real(self, image, **kw))
     calls.clear()
     resumed = evaluate_segmentation(model, dataset, protocol, tmp_path / "run", progress=False, figures=0)
     assert len(calls) == 2  # images 3 and 4 only

@@ -32,7 +32,7 @@ __all__ = ["Segmentation", "CaptionSegmentation", "Segmenter", "window_boxes", "
 @dataclass
 class Segmentation:
     labels: torch.Tensor  # (H, W) int64 class ids
-    scores: torch.Tensor  # (K, H, W) per-class scores; labels is their argmax after the rule
+    scores: torch.Tensor | None  # (K, H, W) per-class scores; labels is their argmax after the rule
     classes: list[str]
 
 
@@ -217,14 +217,15 @@ class Segmenter:
         return refined[0]
 
     # --- predictions --------------------------------------------------------------------------
-    def predict(self, image: Image.Image | torch.Tensor) -> Segmentation:
-        """Class ids (H, W) and class scores (K, H, W) for the current vocabulary, on the CPU."""
+    def predict(self, image: Image.Image | torch.Tensor, keep_scores: bool = True) -> Segmentation:
+        """Class ids (H, W) and class scores (K, H, W) for the current vocabulary, on the CPU
+        (``keep_scores=False`` skips copying the scores, e.g. when only evaluating labels)."""
         if self.vocabulary is None:
             raise TTDError("no vocabulary: call set_vocabulary(...) or pass classes to Segmenter")
         calibrated = self.protocol.background == "threshold"
         scores = self.query_scores(image, self.query_embeddings, calibrated)
         labels, class_scores = apply_background_rule(scores, self.owners, self.vocabulary, self.protocol)
-        return Segmentation(labels.cpu(), class_scores.cpu(), self.vocabulary.display_names)
+        return Segmentation(labels.cpu(), class_scores.cpu() if keep_scores else None, self.vocabulary.display_names)
 
     __call__ = predict
 

@@ -100,7 +100,7 @@ def evaluate_segmentation(
             checkpoint.clear()
 
     def predict(sample):
-        return segmenter.predict(sample.image).labels, sample.label
+        return segmenter.predict(sample.image, keep_scores=False).labels, sample.label
 
     def figure(sample, prediction):
         return prediction_figure(sample.image, prediction, sample.label, vocabulary)

@@ -113,3 +113,13 @@ def test_vocabulary_file_errors(tmp_path):
         Vocabulary.from_file(f)
     with pytest.raises(TTDError, match="class-name file not found"):
         Vocabulary.from_file(tmp_path / "missing.txt")
+
+
+def test_every_knob_is_documented():
+    from pathlib import Path
+
+    from ttd.protocols import KNOBS
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "segmentation.md").read_text()
+    missing = [k for k in KNOBS if k not in ("name", "description") and f"`{k}`" not in docs]
+    assert missing == []

@@ -105,8 +105,10 @@ def _validate(p: Protocol) -> None:
         fail("area_threshold", "must lie in [0, 1] or be null")
     if p.logit_scale <= 0:
         fail("logit_scale", "must be positive")
-    if p.pamr_iterations < 0 or not p.pamr_dilations or any(d <= 0 for d in p.pamr_dilations):
-        fail("pamr_dilations", "need positive dilations and iterations >= 0")
+    if p.pamr_iterations < 0:
+        fail("pamr_iterations", "must be >= 0")
+    if not p.pamr_dilations or any(d <= 0 for d in p.pamr_dilations):
+        fail("pamr_dilations", "need at least one positive dilation")
     if not 0.0 < p.pamr_scale <= 4.0:
         fail("pamr_scale", "must lie in (0, 4]")
 

@@ -363,9 +363,10 @@ def test_cli_tags_text(cli_model, tmp_path, capsys):
     Image.new("RGB", (40, 40), "red").save(tmp_path / "i.png")
     assert cli.main(["tags", str(tmp_path / "i.png"), "The dog on the grass", "--stopwords", "--keep-argmax"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["word", "pixel"]
+    assert lines[0].split() == ["word", "pixel", "image", "text", "image-text"]  # every scoring by default
     assert [line.split()[0] for line in lines[1:4]] == ["dog", "grass", "selected"]
     assert lines[3].startswith("selected (pixel, threshold 0.5): ")
+    assert lines[6].startswith("selected (image-text, threshold 0.5): ")
 
 
 @pytest.mark.parametrize(

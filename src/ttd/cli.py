@@ -90,7 +90,9 @@ def _add_tags(sub) -> None:
     p = sub.add_parser("tags", help="score the candidate tags of a caption on an image and select the depicted ones")
     p.add_argument("image", help="image file")
     p.add_argument("caption", help="the caption, quoted")
-    p.add_argument("--scoring", default="pixel", help="comma list of pixel, image, text, image-text (default pixel)")
+    p.add_argument(
+        "--scoring", default="pixel,image,text,image-text", help="comma list of pixel, image, text, image-text (default: all)"
+    )
     _add_tag_selection_args(p)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_model_args(p)

@@ -40,10 +40,7 @@ def affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     local_std = centre_and_ring.std(dim=2, keepdim=True)
     ring = torch.stack(_neighbours(image, dilations, centre=False), dim=2)  # B, C, 8D, H, W
     logits = -(ring - image.unsqueeze(2)).abs() / (1e-8 + 0.1 * local_std)
-    weights = logits.mean(dim=1).softmax(dim=1)
-    # Weights far below any visible effect are zeroed: as subnormal floats they would make every
-    # iteration's multiply-adds orders of magnitude slower on CPUs (smooth images produce many).
-    return weights.masked_fill(weights < 1e-12, 0.0)
+    return logits.mean(dim=1).softmax(dim=1)
 
 
 def pamr(

@@ -69,5 +69,6 @@ def main() -> None:
         seconds = best_time(lambda: (model.clear_text_cache(), model.encode_text(prompts)), args.repeats)
         print(f"\ntext tower: {len(prompts) / seconds:.1f} prompts/s ({len(prompts)} distinct prompts, cache cleared)")
 
+
 if __name__ == "__main__":
     main()

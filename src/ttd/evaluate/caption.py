@@ -20,17 +20,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..cache import weights_fingerprint
 from ..data.manifest import ManifestRecord, read_manifest
 from ..data.segmentation import IGNORE_INDEX, read_label
 from ..errors import TTDError
 from ..images import load_image
-from ..io import atomic_write_bytes, markdown_table, save_json
+from ..io import markdown_table
 from ..metrics import ConfusionMatrix
 from ..protocols import Protocol
 from ..segment import Segmenter
 from ..viz import overlay, panels, with_legend
-from .runtime import DistContext, EvalCheckpoint, evaluation_loop
+from .runtime import DistContext, evaluation_loop, open_checkpoint, write_result
 
 __all__ = ["CaptionMaskDataset", "evaluate_captions", "caption_markdown"]
 
@@ -107,14 +106,9 @@ def evaluate_captions(
     ctx = ctx or DistContext()
     segmenter = Segmenter(model, protocol, window_batch=window_batch)
     metric = ConfusionMatrix(len(CLASSES))
-    checkpoint = None
-    if out_dir is not None:
-        key = {"task": "caption", "records": len(dataset), "limit": limit, "threshold": threshold,
-               "protocol": protocol.to_dict(), "weights": weights_fingerprint(model),
-               "variant": getattr(model, "name", "")}
-        checkpoint = EvalCheckpoint(out_dir, key, ctx)
-        if not resume:
-            checkpoint.clear()
+    key = {"task": "caption", "records": len(dataset), "limit": limit, "threshold": threshold,
+           "protocol": protocol.to_dict()}
+    checkpoint = open_checkpoint(out_dir, key, model, ctx, resume)
 
     def predict(sample: CaptionSample):
         return segmenter.predict_caption(sample.image, sample.caption, threshold).mask.long(), sample.target
@@ -142,9 +136,7 @@ def evaluate_captions(
         "protocol": protocol.to_dict(),
         "confusion_matrix": metric.matrix.tolist(),
     }
-    if out_dir is not None and ctx.is_main:
-        save_json(result, Path(out_dir) / "results.json")
-        atomic_write_bytes(Path(out_dir) / "results.md", caption_markdown(result).encode())
+    write_result(result, caption_markdown(result), out_dir, ctx)
     return result
 
 

@@ -20,7 +20,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from ..io import atomic_write_bytes
+from ..cache import weights_fingerprint
+from ..io import atomic_write_bytes, save_json
 
 __all__ = ["DistContext", "init_distributed", "EvalCheckpoint", "evaluation_loop"]
 
@@ -84,6 +85,25 @@ class EvalCheckpoint:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def open_checkpoint(out_dir, key: dict, model, ctx: DistContext, resume: bool) -> EvalCheckpoint | None:
+    """The checkpoint of an evaluation writing to ``out_dir`` (None without one); its key adds the
+    model's weights fingerprint and variant, so a changed model never resumes stale counts."""
+    if out_dir is None:
+        return None
+    key = {**key, "weights": weights_fingerprint(model), "variant": getattr(model, "name", "")}
+    checkpoint = EvalCheckpoint(out_dir, key, ctx)
+    if not resume:
+        checkpoint.clear()
+    return checkpoint
+
+
+def write_result(result: dict, markdown: str, out_dir, ctx: DistContext) -> None:
+    """``results.json`` and ``results.md`` in ``out_dir``, written once, by the main process."""
+    if out_dir is not None and ctx.is_main:
+        save_json(result, Path(out_dir) / "results.json")
+        atomic_write_bytes(Path(out_dir) / "results.md", markdown.encode())
 
 
 def _identity(sample):

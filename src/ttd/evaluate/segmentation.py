@@ -14,15 +14,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..cache import weights_fingerprint
 from ..data.segmentation import IGNORE_INDEX, SegmentationDataset
-from ..io import atomic_write_bytes, markdown_table, save_json
+from ..io import markdown_table
 from ..metrics import ConfusionMatrix
 from ..protocols import Protocol
 from ..segment import Segmenter
 from ..viz import IGNORE_COLOR, overlay, palette, panels, with_legend
 from ..vocabulary import Vocabulary
-from .runtime import DistContext, EvalCheckpoint, evaluation_loop
+from .runtime import DistContext, evaluation_loop, open_checkpoint, write_result
 
 __all__ = ["DATASET_TITLES", "evaluate_segmentation", "prediction_figure"]
 
@@ -90,14 +89,9 @@ def evaluate_segmentation(
         segmenter = Segmenter(model, protocol, vocabulary, use_cache=use_cache, window_batch=window_batch)
 
     metric = ConfusionMatrix(len(vocabulary))
-    checkpoint = None
-    if out_dir is not None:
-        key = {"task": "seg", "dataset": dataset.name, "images": len(dataset), "limit": limit,
-               "protocol": protocol.to_dict(), "weights": weights_fingerprint(model),
-               "variant": getattr(model, "name", "")}
-        checkpoint = EvalCheckpoint(out_dir, key, ctx)
-        if not resume:
-            checkpoint.clear()
+    key = {"task": "seg", "dataset": dataset.name, "images": len(dataset), "limit": limit,
+           "protocol": protocol.to_dict()}
+    checkpoint = open_checkpoint(out_dir, key, model, ctx, resume)
 
     def predict(sample):
         return segmenter.predict(sample.image, keep_scores=False).labels, sample.label
@@ -132,9 +126,7 @@ def evaluate_segmentation(
         "protocol": protocol.to_dict(),
         "confusion_matrix": metric.matrix.tolist(),
     }
-    if out_dir is not None and ctx.is_main:
-        save_json(result, Path(out_dir) / "results.json")
-        atomic_write_bytes(Path(out_dir) / "results.md", segmentation_markdown(result).encode())
+    write_result(result, segmentation_markdown(result), out_dir, ctx)
     return result
 
 

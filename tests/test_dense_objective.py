@@ -165,3 +165,33 @@ def test_pretrain_cli_with_the_dense_objective(tmp_path, capsys):
     assert "class id 2 of 'puppy' is not among the 2 class names" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a pretraining key: `ttd train` has no such flag
         main(["train", "--data", str(tmp_path / "shards"), "--dense-weight", "1"])
+
+
+def test_packaged_weights_load_by_name_and_a_missing_file_is_one_line(tmp_path, monkeypatch):
+    from train_helpers import tiny_model
+
+    import ttd
+    from ttd.models import weights
+
+    model = tiny_model()
+    (tmp_path / "assets" / "miniworld").mkdir(parents=True)
+    weights.save_weights(model, tmp_path / "assets" / "miniworld" / "clip.safetensors")
+    monkeypatch.setattr(weights, "PACKAGE", tmp_path)
+    loaded = ttd.load_model("miniworld", device="cpu")
+    assert loaded.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    monkeypatch.setattr(weights, "PACKAGE", tmp_path / "elsewhere")
+    with pytest.raises(TTDError, match="the packaged weights 'miniworld' are missing from this installation"):
+        ttd.load_model("miniworld")
+
+
+def test_the_embedded_miniworld_clip_is_fp16_on_disk_and_loads_as_fp32(capsys):
+    import ttd
+    from ttd.models import weights
+
+    file = weights.PACKAGE / weights.KNOWN_WEIGHTS["miniworld"].packaged
+    assert file.stat().st_size <= 20 * 2**20
+    model = ttd.load_model("miniworld", device="cpu")
+    assert model.config.image_size == 64 and model.config.patch_size == 8
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert main(["info"]) == 0 and "miniworld" in capsys.readouterr().out

@@ -239,7 +239,8 @@ def patch_labels(labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         raise TTDError(f"label maps of {height}×{width} do not tile into the {h}×{w} patch grid; use the image size of the model")
     ph, pw = height // h, width // w
     patches = labels.reshape(b, h, ph, w, pw).permute(0, 1, 3, 2, 4).reshape(b, h, w, ph * pw)
-    counts = F.one_hot(patches, int(labels.max()) + 1).sum(dim=-2)
+    counts = torch.zeros(b, h, w, int(labels.max()) + 1, dtype=torch.long, device=labels.device)
+    counts.scatter_add_(-1, patches, torch.ones_like(patches))
     return counts.argmax(dim=-1)  # argmax returns the first maximum: the lowest id
 
 

@@ -6,6 +6,9 @@
 * tag selection over each caption's candidate words (``ttd.tags.candidate_tags``) against the
   depicted words: image-level scores (Eq. 1) and pixel-level scores (Eq. 2), softmax at 100,
   τ = 0.5 → micro P / R / F1, and the threshold-free AUC of depicted vs absent words (sklearn);
+* the same AUCs over the 76 vocabulary nouns instead of the caption's words ("noun AUC": depicted
+  vs absent nouns; on the caption's words, depicted words are always nouns and absent ones never
+  vocabulary nouns, so a word-type prior alone can score well there);
 * zero-shot top-1: the global embedding's nearest class name is one of the depicted classes;
 * localisation of each depicted word on the dense (MaskCLIP) map, upsampled to the image:
   pointing (its maximum lies inside its mask), IoU of the calibrated heatmap > 0.5 with its mask,
@@ -60,6 +63,7 @@ def evaluate(model, world: Path, limit: int | None = None, batch: int = 50) -> d
     name_emb = model.encode_text(names)  # index 0 = "background"
     labels_img, scores_img, scores_pix = [], [], []
     zero_shot, pointing, heat_iou = [], [], []
+    noun_truth, noun_img, noun_pix = [], [], []
     inter, union = np.zeros(len(names)), np.zeros(len(names))
     for start in range(0, len(records), batch):
         chunk = records[start : start + batch]
@@ -70,10 +74,13 @@ def evaluate(model, world: Path, limit: int | None = None, batch: int = 50) -> d
         # segmentation over the vocabulary
         cos_names = F.interpolate(model.similarity(dense, name_emb), size=(size, size), mode="bilinear", align_corners=False)
         predicted = cos_names.argmax(dim=1).numpy()
+        noun_img.append(image_tag_scores(global_emb, name_emb[1:].expand(len(chunk), -1, -1)))
+        noun_pix.append(pixel_tag_scores(model.similarity(dense, name_emb[1:])))
         for b, rec in enumerate(chunk):
             stem = Path(rec.image).stem
             seg = np.asarray(Image.open(world / "seg" / "val" / "masks" / f"{stem}.png"))
             depicted_ids = {word_to_id[t] for t in rec.tags}
+            noun_truth.append([c in depicted_ids for c in range(1, len(names))])
             zero_shot.append(int(top[b]) in depicted_ids)
             for c in np.union1d(np.unique(seg), np.unique(predicted[b])):
                 inter[c] += np.logical_and(seg == c, predicted[b] == c).sum()
@@ -106,6 +113,11 @@ def evaluate(model, world: Path, limit: int | None = None, batch: int = 50) -> d
         tp = (sel & y).sum()
         p, r = tp / max(sel.sum(), 1), tp / max(y.sum(), 1)
         out[name] = {"P": p, "R": r, "F1": 2 * p * r / max(p + r, 1e-12), "AUC": roc_auc_score(y, s)}
+    truth = np.array(noun_truth).ravel()
+    out["noun_auc"] = {
+        "image": roc_auc_score(truth, torch.cat(noun_img).flatten().numpy()),
+        "pixel": roc_auc_score(truth, torch.cat(noun_pix).flatten().numpy()),
+    }
     present = union > 0
     out.update(
         zero_shot=float(np.mean(zero_shot)),

@@ -177,7 +177,7 @@ def _add_eval(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    from .train_config import add_config_flags
+    from .train_config import PRETRAIN_ONLY, add_config_flags
 
     p = sub.add_parser(
         "train",
@@ -189,7 +189,7 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP", help="stop with a checkpoint at this step")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
-    add_config_flags(p)
+    add_config_flags(p, skip=PRETRAIN_ONLY)
     p.set_defaults(run=_run_train)
 
 

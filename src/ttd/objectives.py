@@ -2,6 +2,8 @@
 
 * :class:`TTDObjective`: Text-Tag Self-Distillation (METHOD §5) with online tag selection.
 * :class:`ContrastiveObjective`: CLIP's symmetric InfoNCE (the plain baseline step; pretraining).
+* :class:`DenseLabelObjective`: InfoNCE plus a per-patch class loss on object masks (pretraining a
+  test bed whose dense maps localise, e.g. the mini-world's).
 
 An objective is a callable ``(model, batch) -> (loss, metrics)`` with a ``metrics`` tuple naming
 the scalar metrics it returns; the loss is the mean over the process's batch, so the trainer can
@@ -34,6 +36,8 @@ __all__ = [
     "batch_tags",
     "TTDObjective",
     "ContrastiveObjective",
+    "DenseLabelObjective",
+    "patch_labels",
 ]
 
 
@@ -213,10 +217,104 @@ class ContrastiveObjective:
 
     def __call__(self, model: DenseCLIP, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = F.normalize(model.clip.encode_image(batch.images), dim=-1)
-        text = model.encode_tokens(tokenize(batch.captions, model.config.context_length))
+        return self.loss(model, image, batch.captions)
+
+    @staticmethod
+    def loss(model: DenseCLIP, image: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """InfoNCE of normalised image embeddings (B, C) against the captions' embeddings."""
+        text = model.encode_tokens(tokenize(captions, model.config.context_length))
         all_image, offset = _gather_with_grad(image)
         all_text, _ = _gather_with_grad(text)
         scale = model.clip.logit_scale.exp().clamp(max=100)
         labels = torch.arange(offset, offset + image.shape[0], device=image.device)
         loss = (F.cross_entropy(scale * image @ all_text.T, labels) + F.cross_entropy(scale * text @ all_image.T, labels)) / 2
         return loss, {"logit_scale": scale.detach()}
+
+
+def patch_labels(labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Class-id maps (B, H, W) → the majority id of each patch (B, h, w); ties go to the lowest id."""
+    b, height, width = labels.shape
+    h, w = grid
+    if height % h or width % w:
+        raise TTDError(f"label maps of {height}×{width} do not tile into the {h}×{w} patch grid; use the image size of the model")
+    ph, pw = height // h, width // w
+    patches = labels.reshape(b, h, ph, w, pw).permute(0, 1, 3, 2, 4).reshape(b, h, w, ph * pw)
+    counts = torch.zeros(b, h, w, int(labels.max()) + 1, dtype=torch.long, device=labels.device)
+    counts.scatter_add_(-1, patches, torch.ones_like(patches))
+    return counts.argmax(dim=-1)  # argmax returns the first maximum: the lowest id
+
+
+class DenseLabelObjective:
+    """CLIP's InfoNCE plus ``weight`` × a per-patch class loss on object masks.
+
+    The dense loss is a cross-entropy, at every patch of the dense map (the model's dense variant,
+    e.g. MaskCLIP), over the text embeddings of the class names (raw words; id 0 names the
+    background, e.g. ``"background"``) at the patch's majority class, scaled by the learnable logit
+    scale. Each sample's classes are named by the words its caption uses (``batch.label_words``,
+    caption word → class id; synonyms allowed); a synonym of the target class is not a negative.
+    The caption never enters this loss, so the caption embedding stays free to follow one word:
+    the model localises every object while its image-level tag scores keep single tag bias (like
+    TCL, a dense model trained with a region-level objective). It needs ``batch.labels`` (B, H, W).
+    """
+
+    metrics = ("logit_scale", "l_contrastive", "l_dense", "dense_acc")
+    needs_labels = True
+
+    def __init__(self, class_names: Sequence[str], weight: float = 1.0):
+        if len(class_names) < 2:
+            raise TTDError("the dense objective needs a background name and at least one class name")
+        if weight < 0:
+            raise TTDError(f"dense weight must not be negative, got {weight}")
+        self.class_names, self.weight = list(class_names), weight
+
+    def _entries(self, label_words: Sequence[dict[str, int]]) -> tuple[list[str], list[int], list[dict[int, int]]]:
+        """Texts to embed, the class id each names, and per sample class id → its text's index."""
+        texts, owner = list(self.class_names), list(range(len(self.class_names)))
+        index = {t: i for i, t in enumerate(texts)}
+        per_sample = []
+        for words in label_words:
+            mine = {}
+            for word, cid in words.items():
+                if not 0 < cid < len(self.class_names):
+                    raise TTDError(f"class id {cid} of {word!r} is not among the {len(self.class_names)} class names; pass the world's classes.txt as dense_classes")
+                if word not in index or owner[index[word]] != cid:
+                    index[word] = len(texts)
+                    texts.append(word)
+                    owner.append(cid)
+                mine[cid] = index[word]
+            per_sample.append(mine)
+        return texts, owner, per_sample
+
+    def dense_loss(self, model: DenseCLIP, dense: torch.Tensor, labels: torch.Tensor, label_words) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy, accuracy) of the dense map (B, C, h, w) against the class-id maps."""
+        texts, owner, per_sample = self._entries(label_words)
+        grid = patch_labels(labels.to(dense.device), dense.shape[-2:])  # (B, h, w) class ids
+        if int(grid.max()) >= len(self.class_names):
+            raise TTDError(f"the masks hold class id {int(grid.max())} but only {len(self.class_names)} class names are known; pass the world's classes.txt as dense_classes")
+        # class id → text index, per sample (default: the class's own name)
+        lookup = torch.arange(len(self.class_names)).repeat(len(per_sample), 1)
+        for b, mine in enumerate(per_sample):
+            for cid, i in mine.items():
+                lookup[b, cid] = i
+        lookup = lookup.to(dense.device)
+        target = torch.gather(lookup, 1, grid.flatten(1)).view_as(grid)  # (B, h, w) text index
+        text = model.encode_tokens(tokenize(texts, model.config.context_length))
+        scale = model.clip.logit_scale.exp().clamp(max=100)
+        logits = scale * torch.einsum("bchw,nc->bnhw", dense, text)
+        # the other names of the target's class are not negatives
+        owner = torch.tensor(owner, device=dense.device)
+        same_class = (owner[None, :, None, None] == grid[:, None]) & (torch.arange(len(texts), device=dense.device)[None, :, None, None] != target[:, None])
+        logits = logits.masked_fill(same_class, float("-inf"))
+        loss = F.cross_entropy(logits, target)
+        accuracy = (logits.argmax(dim=1) == target).float().mean()
+        return loss, accuracy
+
+    def __call__(self, model: DenseCLIP, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if batch.labels is None:
+            raise TTDError("the dense objective needs object masks: read shards with labels (PairLoader(labels=True))")
+        image, dense = model.encode_image(batch.images)  # one trunk pass for both
+        contrastive, metrics = ContrastiveObjective.loss(model, image, batch.captions)
+        with torch.autocast(dense.device.type, enabled=False):
+            dense_loss, accuracy = self.dense_loss(model, dense.float(), batch.labels, batch.label_words)
+        metrics.update(l_contrastive=contrastive.detach(), l_dense=dense_loss.detach(), dense_acc=accuracy.detach())
+        return contrastive + self.weight * dense_loss, metrics

@@ -285,6 +285,7 @@ class Trainer:
             keep=config.keep,
             state=data_state,
             pin_memory=self.dist.device.type == "cuda",
+            labels=getattr(objective, "needs_labels", False),
         )
         self._stop_requested = False
 
@@ -493,6 +494,23 @@ def ttd_objective(config: TrainConfig):
     )
 
 
+def dense_label_objective(config: TrainConfig):
+    """InfoNCE + the dense class loss; class names from ``config.dense_classes`` (a classes.txt:
+    line i names class id i, first name per line) or the mini-world vocabulary."""
+    from .objectives import DenseLabelObjective
+
+    if config.dense_classes:
+        path = Path(config.dense_classes)
+        if not path.is_file():
+            raise TTDError(f"dense_classes file not found: {path}")
+        names = [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from .data.miniworld import load_vocabulary
+
+        names = ["background", *(noun.name for noun in load_vocabulary())]
+    return DenseLabelObjective(names, config.dense_weight)
+
+
 def resolve_config(
     path: str | os.PathLike | None, overrides: dict, resume: bool = False, defaults: dict | None = None
 ) -> TrainConfig:
@@ -558,7 +576,8 @@ def pretrain(
         clip_config = saved
     clip_config = dataclasses.replace(clip_config or CLIPConfig(), image_size=config.image_size)
     _seed_everything(config.seed)  # the same random initialisation in every process
-    trainer = Trainer(config, ContrastiveObjective(), model=create_model(clip_config, dense=config.dense), resume=resume)
+    objective = dense_label_objective(config) if config.dense_weight > 0 else ContrastiveObjective()
+    trainer = Trainer(config, objective, model=create_model(clip_config, dense=config.dense), resume=resume)
     try:
         if trainer.dist.main:
             save_json(clip_config.to_dict(), saved_arch)

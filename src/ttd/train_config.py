@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import TTDError
 
-__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "TrainConfig", "load_config", "config_to_yaml", "add_config_flags", "config_overrides"]
+__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_config", "config_to_yaml", "add_config_flags", "config_overrides"]
 
 DEFAULT_MODEL = "ViT-B-16/openai"
 # keys that mean nothing to `ttd pretrain` (random weights, every weight trained, InfoNCE)
@@ -23,6 +23,8 @@ TTD_ONLY = (
     "distill_weight", "tag_weight", "minmax_eps", "finetune", "lora_rank", "lora_alpha", "lora_dropout",
     "lora_targets", "lora_towers", "train_calibration",
 )
+# keys that mean nothing to `ttd train` (the auxiliary dense objective of pretraining)
+PRETRAIN_ONLY = ("dense_weight", "dense_classes")
 
 
 def _opt(default, help: str, choices: tuple | None = None):
@@ -75,6 +77,9 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = _opt(("q", "k", "v", "out"), "adapted projections (comma-separated)")
     lora_towers: tuple[str, ...] = _opt(("image", "text"), "adapted encoders (comma-separated)")
     train_calibration: bool = _opt(True, "train the heatmap calibration w, b")
+    # pretraining only: auxiliary dense objective from object masks (ttd.objectives.DenseLabelObjective)
+    dense_weight: float = _opt(0.0, "pretrain: weight of the per-patch class loss on the shards' object masks (0: plain InfoNCE)")
+    dense_classes: str = _opt("", "pretrain: classes.txt naming the masks' class ids (default: the mini-world vocabulary)")
     # bookkeeping
     log_every: int = _opt(10, "log (JSONL, TensorBoard, progress bar) every N steps")
     save_every: int = _opt(1000, "checkpoint every N steps (and at the end)")
@@ -88,7 +93,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "image_size", "log_every", "save_every", "keep_checkpoints", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise TTDError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("workers", "warmup_steps", "weight_decay", "grad_clip", "distill_weight", "tag_weight"):
+        for name in ("workers", "warmup_steps", "weight_decay", "grad_clip", "distill_weight", "tag_weight", "dense_weight"):
             if getattr(self, name) < 0:
                 raise TTDError(f"{name} must not be negative, got {getattr(self, name)}")
         if not self.lr > 0:

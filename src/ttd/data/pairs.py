@@ -24,6 +24,7 @@ counted, never fatal; the trainer logs the count.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import logging
 import os
@@ -33,7 +34,9 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..errors import TTDError
@@ -51,6 +54,8 @@ __all__ = [
     "is_manifest",
     "decode_pair",
     "read_keep_list",
+    "decode_labels",
+    "preprocess_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,8 @@ class PairBatch:
 
     ``skipped`` counts unreadable samples: in a manifest batch, those dropped from this batch; in
     a shard batch, all those its worker has met so far. ``position`` is the loader's bookkeeping.
+    With ``labels=True`` (shards only) ``labels`` holds each image's class-id map (B, S, S) from
+    ``KEY.seg.png`` and ``label_words`` each sample's ``classes`` (caption word → class id).
     """
 
     images: torch.Tensor
@@ -72,6 +79,8 @@ class PairBatch:
     keys: list[str]
     skipped: int = 0
     position: dict = field(default_factory=dict)
+    labels: torch.Tensor | None = None
+    label_words: list[dict[str, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -151,6 +160,34 @@ def decode_pair(sample: dict, size: int) -> tuple[torch.Tensor, str]:
     return preprocess(decode_image(sample[ext], f"{where}.{ext}"), size), caption
 
 
+def preprocess_labels(img: Image.Image, size: int) -> torch.Tensor:
+    """A class-id map → (size, size) long, with the geometry of :func:`ttd.images.preprocess`
+    (short-side resize, centre crop) but nearest-neighbour, so ids stay ids."""
+    w, h = img.size
+    scale = size / min(h, w)
+    rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = torch.from_numpy(np.asarray(img.resize((rw, rh), Image.NEAREST), dtype=np.int64).copy())
+    top, left = (rh - size) // 2, (rw - size) // 2
+    return x[top : top + size, left : left + size]
+
+
+def decode_labels(sample: dict, size: int) -> tuple[torch.Tensor, dict[str, int]]:
+    """The object masks of a mini-world sample: ``KEY.seg.png`` (class ids, 0 = background) →
+    (size, size) long, and ``classes`` of ``KEY.json`` (caption word → class id)."""
+    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    if "seg.png" not in sample or "json" not in sample:
+        raise TTDError(f"{where}: no object masks (expected KEY.seg.png and 'classes' in KEY.json, as `ttd data miniworld` writes)")
+    try:
+        classes = json.loads(sample["json"])["classes"]
+        img = Image.open(io.BytesIO(sample["seg.png"]))
+        img.load()
+    except (ValueError, KeyError, TypeError, OSError):
+        raise TTDError(f"{where}: unreadable object masks (KEY.seg.png or 'classes' in KEY.json)") from None
+    if img.mode not in ("L", "P"):
+        raise TTDError(f"{where}: KEY.seg.png must be a single-channel class-id image, not {img.mode}")
+    return preprocess_labels(img, size), {str(k): int(v) for k, v in classes.items()}
+
+
 # --- manifest: random access ------------------------------------------------------------------
 class ManifestPairs(Dataset):
     """Manifest records → (image, caption, line) or None when the image cannot be read."""
@@ -216,8 +253,9 @@ class _ShardStream(IterableDataset):
     logical worker ``rotation``, so the round-robin order of the interrupted run continues.
     """
 
-    def __init__(self, shards, local_batch, size, seed, rank, world, workers, shuffle, buffer, epochs, keep, start, rotation):
+    def __init__(self, shards, local_batch, size, seed, rank, world, workers, shuffle, buffer, epochs, keep, start, rotation, labels=False):
         self.shards, self.local_batch, self.size, self.seed = shards, local_batch, size, seed
+        self.labels = labels
         self.rank, self.world, self.workers = rank, world, workers
         self.shuffle, self.buffer, self.epochs, self.keep = shuffle, buffer, epochs, keep
         self.start, self.rotation = start, rotation
@@ -258,7 +296,7 @@ class _ShardStream(IterableDataset):
         pos = self.start.get(worker, {"epoch": 0, "shard": 0, "sample": 0, "skipped": 0})
         epoch, skipped = pos["epoch"], [pos["skipped"]]
         first_shard, first_sample = pos["shard"], pos["sample"]
-        images, captions, keys = [], [], []
+        images, captions, keys, labels, words = [], [], [], [], []
         while self.epochs is None or epoch < self.epochs:
             shards = self._my_shards(epoch, worker)
             whole_epoch, good_in_epoch = (first_shard, first_sample) == (0, 0), 0
@@ -271,6 +309,7 @@ class _ShardStream(IterableDataset):
                         skipped[0], replaying = pos["skipped"], False
                     try:
                         image, caption = decode_pair(raw, self.size)
+                        label = decode_labels(raw, self.size) if self.labels else None
                     except TTDError as err:
                         skipped[0] += 1
                         log.debug("skipping sample: %s", err)
@@ -279,10 +318,13 @@ class _ShardStream(IterableDataset):
                     images.append(image)
                     captions.append(caption)
                     keys.append(raw["__key__"])
+                    if label is not None:
+                        labels.append(label[0])
+                        words.append(label[1])
                     if len(images) == self.local_batch:
                         position = {"worker": worker, "epoch": epoch, "shard": s, "sample": i + 1, "skipped": skipped[0]}
-                        yield PairBatch(torch.stack(images), captions, keys, skipped[0], position)
-                        images, captions, keys = [], [], []
+                        yield self._batch(images, captions, keys, labels, words, skipped[0], position)
+                        images, captions, keys, labels, words = [], [], [], [], []
                 if replaying:
                     skipped[0] = pos["skipped"]
                 first_sample = 0
@@ -291,7 +333,12 @@ class _ShardStream(IterableDataset):
             epoch, first_shard = epoch + 1, 0
         if images:
             position = {"worker": worker, "epoch": epoch, "shard": 0, "sample": 0, "skipped": skipped[0]}
-            yield PairBatch(torch.stack(images), captions, keys, skipped[0], position)
+            yield self._batch(images, captions, keys, labels, words, skipped[0], position)
+
+    def _batch(self, images, captions, keys, labels, words, skipped, position) -> PairBatch:
+        if not self.labels:
+            return PairBatch(torch.stack(images), captions, keys, skipped, position)
+        return PairBatch(torch.stack(images), captions, keys, skipped, position, torch.stack(labels), words)
 
 
 def _pop_random(buffer: list, rng: random.Random):
@@ -311,6 +358,7 @@ class PairLoader:
 
     ``batch_size`` is the GLOBAL batch (all processes together); each process gets
     ``batch_size / world``. ``epochs=None`` streams forever (training counts steps, not epochs).
+    ``labels=True`` also reads the mini-world's object masks (shards only; see :class:`PairBatch`).
     """
 
     def __init__(
@@ -328,6 +376,7 @@ class PairLoader:
         keep: str | os.PathLike | None = None,
         state: dict | None = None,
         pin_memory: bool = False,
+        labels: bool = False,
     ):
         if batch_size < world or batch_size % world:
             raise TTDError(f"batch size {batch_size} cannot be split evenly across {world} processes; use a multiple of {world}")
@@ -345,6 +394,8 @@ class PairLoader:
         if self.kind == "manifest":
             if keep is not None:
                 raise TTDError("a keep-list filters shards; for a manifest, train on the manifest `ttd data prune` wrote")
+            if labels:
+                raise TTDError("object masks are read from shards (KEY.seg.png); pass the mini-world's train/shards folder as --data")
             records = read_manifest(self.data, check_files=False)
             self.steps = int(state.get("step", 0))
             self.num_samples = len(records)
@@ -367,7 +418,7 @@ class PairLoader:
             self.num_samples = None
             stream = _ShardStream(
                 shards, self.local_batch, image_size, seed, rank, world, self.workers, shuffle, shuffle_buffer,
-                epochs, read_keep_list(keep) if keep else None, self.positions, self.next_worker,
+                epochs, read_keep_list(keep) if keep else None, self.positions, self.next_worker, labels,
             )
             loader_kw.update(num_workers=self.workers if workers > 0 else 0, batch_size=None, collate_fn=identity)
             self._loader = DataLoader(stream, **loader_kw)

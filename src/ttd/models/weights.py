@@ -7,7 +7,8 @@ Formats, each recognised from the file's content (never its name):
   ``state_dict`` and ``module.`` prefixes too);
 * Hugging Face ``transformers`` CLIP (a folder, or ``model.safetensors`` / ``pytorch_model.bin``
   with ``config.json`` beside it), renamed to OpenAI's keys;
-* named weights (``ViT-B-16/openai`` …) fetched once from the Hugging Face hub into its cache;
+* named weights (``ViT-B-16/openai`` …) fetched once from the Hugging Face hub into its cache,
+  or shipped inside the package (``miniworld``: the mini-world CLIP, no download at all);
 * ttd's own ``.safetensors`` (:func:`save_weights`), whose metadata carries the configuration and
   the heatmap calibration.
 
@@ -50,15 +51,20 @@ FORMAT = "ttd.clip"
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
+PACKAGE = Path(__file__).resolve().parents[1]  # the installed ``ttd`` folder
+
+
 @dataclass(frozen=True)
 class WeightSpec:
-    """Where named weights live on the Hugging Face hub, and what their state dict cannot say."""
+    """Where named weights live on the Hugging Face hub, and what their state dict cannot say;
+    or, with ``packaged``, the ttd ``.safetensors`` file inside the package that holds them."""
 
     repo_id: str
     quick_gelu: bool
     filenames: tuple[str, ...] = OPEN_CLIP_FILES  # tried in order, as open_clip does
     vision_heads: int | None = None  # None: width / 64, as OpenAI and open_clip build them
     text_heads: int | None = None
+    packaged: str | None = None  # path relative to the ttd package; its metadata says the rest
 
 
 # Hub repositories and activations as open_clip's pretrained registry lists them.
@@ -73,6 +79,8 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
     "ViT-H-14/laion2b_s32b_b79k": WeightSpec(
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", quick_gelu=False, vision_heads=16, text_heads=16
     ),
+    # the small CLIP pretrained on the mini-world (docs/pretraining.md), embedded: works offline
+    "miniworld": WeightSpec("", quick_gelu=False, packaged="assets/miniworld/clip.safetensors"),
 }
 
 
@@ -108,6 +116,12 @@ def load_weights(name_or_path: str | Path, quick_gelu: bool | None = None) -> Lo
     spec = _known_spec(text)
     if path.exists():
         source, tensors, hints = str(path), *_read(path)
+    elif spec is not None and spec[1].packaged:
+        name, spec = spec
+        file = PACKAGE / spec.packaged
+        if not file.is_file():
+            raise TTDError(f"the packaged weights {name!r} are missing from this installation ({file}); reinstall ttd")
+        source, (tensors, hints) = name, _read(file)
     elif spec is not None:
         name, spec = spec
         source, hints = name, _Hints(spec.quick_gelu, spec.vision_heads, spec.text_heads)

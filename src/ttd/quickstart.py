@@ -88,8 +88,8 @@ def _figure(picked, heatmaps: dict, targets, rows: list[dict], cell: int = 160) 
         lines = [
             f"\"{record.caption}\"",
             f"depicted: {', '.join(r['depicted']) or '-'}",
-            f"selected before TTD: {', '.join(r['selected_before']) or '-'}   (object IoU {r["caption_iou_before"]:.0f})",
-            f"selected after TTD:  {', '.join(r['selected_after']) or '-'}   (object IoU {r["caption_iou_after"]:.0f})",
+            f"selected before TTD: {', '.join(r['selected_before']) or '-'}   (object IoU {r['caption_iou_before']:.0f})",
+            f"selected after TTD:  {', '.join(r['selected_after']) or '-'}   (object IoU {r['caption_iou_after']:.0f})",
         ]
         text_h = 16 * len(lines) + 10
         block = Image.new("RGB", (grid.width, grid.height + text_h), (255, 255, 255))
@@ -133,7 +133,7 @@ def _report(result: QuickstartResult, settings: dict) -> str:
             ["caption", "depicted", "selected before", "selected after", "object IoU before", "object IoU after"],
             [
                 [r["caption"], ", ".join(r["depicted"]), ", ".join(r["selected_before"]) or "–",
-                 ", ".join(r["selected_after"]) or "–", r["caption_iou_before"], r["caption_iou_after"]]
+                 ", ".join(r["selected_after"]) or "–", r['caption_iou_before'], r['caption_iou_after']]
                 for r in result.examples
             ],
         ),

@@ -181,6 +181,17 @@ def evaluate_model(key: str, args, dense: str, adapter: str | None, scorers, tag
     return result
 
 
+def embed_adapter(args, adapter: str) -> Path:
+    """Copy the main TTD adapter into the package as the quickstart's default, its metadata naming
+    the base by its registered name (``miniworld``) instead of a local path."""
+    from ttd.evaluate.miniworld import EMBEDDED_ADAPTER, EMBEDDED_MODEL
+    from ttd.models.lora import save_adapter
+
+    model = load(args, "maskclip", adapter)
+    model.source = EMBEDDED_MODEL
+    return save_adapter(model, args.embed_to or EMBEDDED_ADAPTER)
+
+
 # --- the report -------------------------------------------------------------------------------
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
@@ -191,46 +202,66 @@ def _paper(values) -> str:
 
 
 def goals(ev: dict) -> list[list[str]]:
-    base, ttd = ev["maskclip"], ev["ttd"]
-    r_image, r_pixel = base["tags"]["image"]["recall"], base["tags"]["pixel"]["recall"]
-    df1 = 100 * (ttd["tags"]["pixel"]["f1"] - base["tags"]["pixel"]["f1"])
-    dcap = ttd["caption"]["CaptionIoU"] - base["caption"]["CaptionIoU"]
-    dseg = ttd["seg"]["mIoU"] - base["seg"]["mIoU"]
-    auc = base["auc"]["pixel"]
+    """The goals of the mini-world issue, measured on MaskCLIP before / after TTD."""
 
     def met(ok: bool) -> str:
         return "**met**" if ok else "not met"
 
-    return [
-        ["single tag bias: s_image recall ≤ ½ s_pixel recall", f"{_pct(r_image)} vs {_pct(r_pixel)}", met(r_image <= r_pixel / 2)],
-        ["pixel scores separate depicted / absent: AUC ≥ 0.8", f"{auc:.3f}", met(auc >= 0.8)],
-        ["TTD: multi-tag F1 +4 points", f"{df1:+.1f}", met(df1 >= 4)],
-        ["TTD: CaptionIoU +5", f"{dcap:+.1f}", met(dcap >= 5)],
-        ["TTD: mIoU +5", f"{dseg:+.1f}", met(dseg >= 5)],
+    base, ttd = ev.get("maskclip"), ev.get("ttd")
+    rows = []
+    if base is not None:
+        r_image, r_pixel, auc = base["tags"]["image"]["recall"], base["tags"]["pixel"]["recall"], base["auc"]["pixel"]
+        rows += [
+            ["single tag bias: s_image recall ≤ ½ s_pixel recall", f"{_pct(r_image)} vs {_pct(r_pixel)}", met(r_image <= r_pixel / 2)],
+            ["pixel scores separate depicted / absent: AUC ≥ 0.8", f"{auc:.3f}", met(auc >= 0.8)],
+        ]
+    if base is not None and ttd is not None:
+        df1 = 100 * (ttd["tags"]["pixel"]["f1"] - base["tags"]["pixel"]["f1"])
+        dcap = ttd["caption"]["CaptionIoU"] - base["caption"]["CaptionIoU"]
+        dseg = ttd["seg"]["mIoU"] - base["seg"]["mIoU"]
+        rows += [
+            ["TTD: multi-tag F1 +4 points", f"{df1:+.1f}", met(df1 >= 4)],
+            ["TTD: CaptionIoU +5", f"{dcap:+.1f}", met(dcap >= 5)],
+            ["TTD: mIoU +5", f"{dseg:+.1f}", met(dseg >= 5)],
+        ]
+    return rows
+
+
+TAG_COLUMNS = ("precision", "recall", "f1", "accuracy", "map")
+SEG_HEADERS = ["method", "CaptionIoU", "mFPR", "mFNR", "mIoU", "seg mFPR", "seg mFNR", "tag F1 (s_pixel)"]
+
+
+def _seg_row(label: str, e: dict | None, paper: str | None = None) -> list[str]:
+    cells = ["not run"] * 7 if e is None else [
+        f"{e['caption']['CaptionIoU']:.1f}", f"{e['caption']['mFPR']:.3f}", f"{e['caption']['mFNR']:.3f}",
+        f"{e['seg']['mIoU']:.1f}", f"{e['seg']['mFPR']:.3f}", f"{e['seg']['mFNR']:.3f}",
+        f"{100 * e['tags']['pixel']['f1']:.1f}",
     ]
+    return [label, *cells] + ([paper] if paper is not None else [])
+
+
+def _table2(ev: dict) -> list[list[str]]:
+    labels = {"nouns": "nouns (POS)", "image": "s_image (Eq. 1)", "text": "s_text (Eq. 7)",
+              "image-text": "s_image − s_text", "pixel": "s_pixel (Eq. 2)"}
+    rows = []
+    for name, label in labels.items():
+        e = ev.get("maskclip")
+        cells = ["not run"] * 6 if e is None else [*(_pct(e["tags"][name][k]) for k in TAG_COLUMNS),
+                                                   f"{e['auc'][name]:.3f}" if name in e["auc"] else "–"]
+        rows.append([label, *cells, _paper(PAPER_TABLE2[name])])
+    e = ev.get("ttd")
+    cells = ["not run"] * 6 if e is None else [*(_pct(e["tags"]["pixel"][k]) for k in TAG_COLUMNS), f"{e['auc']['pixel']:.3f}"]
+    rows.append(["s_pixel + TTD", *cells, _paper(PAPER_TABLE2["pixel+ttd"])])
+    return rows
 
 
 def report(ev: dict, trained: dict, args, command: str, wall: float) -> str:
-    base, ttd = ev["maskclip"], ev["ttd"]
-    labels = {"image": "s_image (Eq. 1)", "text": "s_text (Eq. 7)", "image-text": "s_image − s_text",
-              "pixel": "s_pixel (Eq. 2)", "nouns": "nouns (POS)"}
-    t2 = []
-    for name in ("nouns", "image", "text", "image-text", "pixel"):
-        m = base["tags"][name]
-        t2.append([labels[name], *(_pct(m[k]) for k in ("precision", "recall", "f1", "accuracy", "map")),
-                   f"{base['auc'][name]:.3f}" if name in base["auc"] else "–", _paper(PAPER_TABLE2[name])])
-    m = ttd["tags"]["pixel"]
-    t2.append(["s_pixel + TTD", *(_pct(m[k]) for k in ("precision", "recall", "f1", "accuracy", "map")),
-               f"{ttd['auc']['pixel']:.3f}", _paper(PAPER_TABLE2["pixel+ttd"])])
-
-    def seg_row(label, e, paper=None):
-        return [label, f"{e['caption']['CaptionIoU']:.1f}", f"{e['caption']['mFPR']:.3f}", f"{e['caption']['mFNR']:.3f}",
-                f"{e['seg']['mIoU']:.1f}", f"{e['seg']['mFPR']:.3f}", f"{e['seg']['mFNR']:.3f}",
-                f"{100 * e['tags']['pixel']['f1']:.1f}"] + ([paper] if paper is not None else [])
-
-    seg_headers = ["method", "CaptionIoU", "mFPR", "mFNR", "mIoU", "seg mFPR", "seg mFNR", "tag F1 (s_pixel)"]
-    times = [[r.name, r.label, r.dense, json.dumps(r.overrides) if r.overrides else "–", trained[r.name]["steps"],
-              f"{trained[r.name]['seconds']:.0f}"] for r in RUNS]
+    base = ev.get("maskclip") or {}
+    captions = base.get("caption", {}).get("records", "?")
+    images = base.get("seg", {}).get("images", "?")
+    times = [[r.name, r.label, r.dense, json.dumps(r.overrides) if r.overrides else "–",
+              trained[r.name]["steps"] if r.name in trained else "not run",
+              f"{trained[r.name]['seconds']:.0f}" if r.name in trained else "–"] for r in RUNS]
     eval_times = [[k, f"{v['seconds']:.0f}"] for k, v in ev.items()]
     lines = [
         "# The paper's tables on the mini-world",
@@ -242,10 +273,10 @@ def report(ev: dict, trained: dict, args, command: str, wall: float) -> str:
         "stand beside ours for the direction of each effect, not for the values: the data, the model",
         "and the scale are different.",
         "",
-        f"Setup: model `{args.model}`, world `{args.world}`, {base['caption']['records']} validation captions,",
-        f"{base['seg']['images']} segmentation images ({args.image_size} px); every TTD run: {args.steps} steps,",
+        f"Setup: model `{args.model}`, world `{args.world}`, {captions} validation captions,",
+        f"{images} segmentation images ({args.image_size} px); every TTD run: {args.steps} steps,",
         f"batch {args.batch_size}, lr {args.lr:g}, LoRA rank 8 on q/k/v/out of both towers + calibration,",
-        f"online teacher, τ 0.5, L1; evaluation protocol `src/ttd/assets/miniworld/protocol.yaml`",
+        "online teacher, τ 0.5, L1; evaluation protocol `src/ttd/assets/miniworld/protocol.yaml`",
         f"(whole image, raw-word queries, background threshold {args.threshold}).",
         "",
         "## Goals (issue 6)",
@@ -253,40 +284,39 @@ def report(ev: dict, trained: dict, args, command: str, wall: float) -> str:
         markdown_table(["goal", "measured", ""], goals(ev)),
         "## Table 2 — multi-tag selection (%, AUC as a fraction)",
         "",
-        markdown_table(["scoring", "P", "R", "F1", "Acc", "mAP", "AUC", "paper P / R / F1 / Acc / mAP"], t2),
+        markdown_table(["scoring", "P", "R", "F1", "Acc", "mAP", "AUC", "paper P / R / F1 / Acc / mAP"], _table2(ev)),
         "AUC: ROC area of the scores of depicted vs absent candidate words, pooled over all captions",
         "(threshold-free; a softmax over the tags caps image-level recall by construction).",
         "",
         "## Tables 3 and 4 — caption segmentation and open-vocabulary segmentation",
         "",
-        markdown_table(seg_headers + ["paper CaptionIoU / mFPR / mFNR; VOC / avg mIoU"], [
-            seg_row("MaskCLIP", base, f"{_paper(PAPER_TABLE3['maskclip'])}; {_paper(PAPER_TABLE4['maskclip'])}"),
-            seg_row("MaskCLIP + TTD", ttd, f"{_paper(PAPER_TABLE3['ttd'])}; {_paper(PAPER_TABLE4['ttd'])}"),
+        markdown_table(SEG_HEADERS + ["paper CaptionIoU / mFPR / mFNR; VOC / avg mIoU"], [
+            _seg_row("MaskCLIP", ev.get("maskclip"), f"{_paper(PAPER_TABLE3['maskclip'])}; {_paper(PAPER_TABLE4['maskclip'])}"),
+            _seg_row("MaskCLIP + TTD", ev.get("ttd"), f"{_paper(PAPER_TABLE3['ttd'])}; {_paper(PAPER_TABLE4['ttd'])}"),
         ]),
-        "Segmentation: the world's `seg/val` set (generic layout, "
-        f"{base['seg']['images']} images, background + one class per noun).",
+        f"Segmentation: the world's `seg/val` set (generic layout, {images} images, background + one class per noun).",
         "",
         "## Ablation — loss terms (MaskCLIP)",
         "",
-        markdown_table(seg_headers + ["paper CaptionIoU / VOC mIoU (TCL)"], [
-            seg_row("no TTD", base, _paper(PAPER_LOSSES["none"])),
-            seg_row("L_distill only", ev["distill_only"], _paper(PAPER_LOSSES["distill_only"])),
-            seg_row("L_tag only", ev["tag_only"], _paper(PAPER_LOSSES["tag_only"])),
-            seg_row("both", ttd, _paper(PAPER_LOSSES["ttd"])),
+        markdown_table(SEG_HEADERS + ["paper CaptionIoU / VOC mIoU (TCL)"], [
+            _seg_row("no TTD", ev.get("maskclip"), _paper(PAPER_LOSSES["none"])),
+            _seg_row("L_distill only", ev.get("distill_only"), _paper(PAPER_LOSSES["distill_only"])),
+            _seg_row("L_tag only", ev.get("tag_only"), _paper(PAPER_LOSSES["tag_only"])),
+            _seg_row("both", ev.get("ttd"), _paper(PAPER_LOSSES["ttd"])),
         ]),
         "## Ablation — tag source for TTD (MaskCLIP)",
         "",
-        markdown_table(seg_headers + ["paper CaptionIoU / VOC mIoU (TCL)"], [
-            seg_row("nouns (POS)", ev["src_nouns"], _paper(PAPER_SOURCES["src_nouns"])),
-            seg_row("s_image", ev["src_image"], _paper(PAPER_SOURCES["src_image"])),
-            seg_row("s_pixel", ttd, _paper(PAPER_SOURCES["ttd"])),
+        markdown_table(SEG_HEADERS + ["paper CaptionIoU / VOC mIoU (TCL)"], [
+            _seg_row("nouns (POS)", ev.get("src_nouns"), _paper(PAPER_SOURCES["src_nouns"])),
+            _seg_row("s_image", ev.get("src_image"), _paper(PAPER_SOURCES["src_image"])),
+            _seg_row("s_pixel", ev.get("ttd"), _paper(PAPER_SOURCES["ttd"])),
         ]),
         "## TTD on a training-free variant (not in the paper): SCLIP",
         "",
-        markdown_table(seg_headers, [seg_row("SCLIP", ev["sclip"]), seg_row("SCLIP + TTD", ev["sclip_ttd"])]),
+        markdown_table(SEG_HEADERS, [_seg_row("SCLIP", ev.get("sclip")), _seg_row("SCLIP + TTD", ev.get("sclip_ttd"))]),
         "## Runs and wall times",
         "",
-        f"2 shared CPU cores; whole run {wall / 60:.1f} min (cached parts are not re-timed).",
+        f"2 shared CPU cores; this invocation {wall / 60:.1f} min (cached runs and evaluations are not re-timed).",
         "",
         markdown_table(["run", "what", "dense", "config changes", "steps", "train s"], times),
         markdown_table(["evaluation", "s"], eval_times),
@@ -319,29 +349,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N validation images only")
     parser.add_argument("--eval-batch", type=int, default=64)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--only", default=None, help="comma-separated run names to train (default: all)")
+    parser.add_argument("--only", default=None, help="comma-separated runs to train and evaluate (default: all, in order: "
+                        + ", ".join(r.name for r in RUNS) + ")")
+    parser.add_argument("--embed", action="store_true", help="write the `ttd` adapter as the package's embedded one")
+    parser.add_argument("--embed-to", type=Path, default=None, help="where --embed writes (default: the package asset)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     command = "PYTHONPATH=src python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     start = time.perf_counter()
     register_noun_scorer()
-    only = set(args.only.split(",")) if args.only else None
-    trained = {}
-    for run in RUNS:
-        if only is None or run.name in only:
-            print(f"== train {run.name}: {run.label}", flush=True)
-            trained[run.name] = train_run(run, args)
-    if only is not None:
-        return
     from ttd.taggers import NounTagger
 
-    ev = {"maskclip": evaluate_model("maskclip", args, "maskclip", None, ["pixel", "image", "text", "image-text"], [NounTagger()])}
-    for run in RUNS:
-        ev[run.name] = evaluate_model(run.name, args, run.dense, trained[run.name]["adapter"], ["pixel"])
+    runs = [r for r in RUNS if not args.only or r.name in args.only.split(",")]
+    trained: dict = {}
+    ev: dict = {}
+
+    def write() -> None:  # after every step, so an interrupted run leaves its figures so far
+        save_json({"trained": trained, "evaluations": ev, "command": command}, args.runs / "results.json")
+        atomic_write_bytes(args.results, report(ev, trained, args, command, time.perf_counter() - start).encode("utf-8"))
+
+    print("== evaluate MaskCLIP and SCLIP as pretrained", flush=True)
+    ev["maskclip"] = evaluate_model("maskclip", args, "maskclip", None, ["pixel", "image", "text", "image-text"], [NounTagger()])
     ev["sclip"] = evaluate_model("sclip", args, "sclip", None, ["pixel"])
-    wall = time.perf_counter() - start
-    save_json({"trained": trained, "evaluations": ev, "command": command}, args.runs / "results.json")
-    atomic_write_bytes(args.results, report(ev, trained, args, command, wall).encode("utf-8"))
+    write()
+    for run in runs:
+        print(f"== {run.name}: {run.label}", flush=True)
+        trained[run.name] = train_run(run, args)
+        if run.name == "ttd" and args.embed:
+            print(f"embedded adapter: {embed_adapter(args, trained['ttd']['adapter'])}", flush=True)
+        ev[run.name] = evaluate_model(run.name, args, run.dense, trained[run.name]["adapter"], ["pixel"])
+        write()
     for row in goals(ev):
         print(" | ".join(row))
     print(f"results: {args.results}")

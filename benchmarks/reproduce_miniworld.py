@@ -333,6 +333,17 @@ def report(ev: dict, trained: dict, args, command: str, wall: float) -> str:
     return "\n".join(lines)
 
 
+NOTES_MARKER = "<!-- notes: kept when this file is regenerated -->"
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written discussion below :data:`NOTES_MARKER` in an earlier version of the report."""
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    return text[text.index(NOTES_MARKER):] if NOTES_MARKER in text else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=Path, required=True, help="a `ttd data miniworld` build")
@@ -366,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def write() -> None:  # after every step, so an interrupted run leaves its figures so far
         save_json({"trained": trained, "evaluations": ev, "command": command}, args.runs / "results.json")
-        atomic_write_bytes(args.results, report(ev, trained, args, command, time.perf_counter() - start).encode("utf-8"))
+        text = report(ev, trained, args, command, time.perf_counter() - start) + kept_notes(args.results)
+        atomic_write_bytes(args.results, text.encode("utf-8"))
 
     print("== evaluate MaskCLIP and SCLIP as pretrained", flush=True)
     ev["maskclip"] = evaluate_model("maskclip", args, "maskclip", None, ["pixel", "image", "text", "image-text"], [NounTagger()])

@@ -276,7 +276,7 @@ def report(ev: dict, trained: dict, args, command: str, wall: float) -> str:
         f"Setup: model `{args.model}`, world `{args.world}`, {captions} validation captions,",
         f"{images} segmentation images ({args.image_size} px); every TTD run: {args.steps} steps,",
         f"batch {args.batch_size}, lr {args.lr:g}, LoRA rank 8 on q/k/v/out of both towers + calibration,",
-        "online teacher, τ 0.5, L1; evaluation protocol `src/ttd/assets/miniworld/protocol.yaml`",
+        "online teacher, τ 0.5, L1; evaluation protocol preset `miniworld`",
         f"(whole image, raw-word queries, background threshold {args.threshold}).",
         "",
         "## Goals (issue 6)",

@@ -18,7 +18,7 @@ from test_miniworld import fake_world  # noqa: F401  (the fake clip-art fixture)
 
 from ttd.cli import main
 from ttd.data.manifest import read_manifest
-from ttd.evaluate.miniworld import SAMPLES_MANIFEST, miniworld_protocol
+from ttd.evaluate.miniworld import SAMPLES_MANIFEST
 from ttd.models import load_model
 from ttd.models.lora import load_adapter
 from ttd.quickstart import pick_samples
@@ -75,18 +75,28 @@ def test_eval_tags_report_is_well_formed(pipeline):
     assert "| s_pixel (Eq. 2) |" in (out / "tags.md").read_text()
 
 
-def test_caption_evaluation_on_the_world(pipeline):
-    from ttd.evaluate.caption import CaptionMaskDataset, evaluate_captions
-
+def test_eval_caption_on_the_world(pipeline):
     world, weights, adapter, tmp = pipeline
-    model = load_adapter(load_model(str(weights)), adapter)
-    dataset = CaptionMaskDataset.from_manifest(world / "val" / "tags.jsonl")
-    result = evaluate_captions(model, dataset, miniworld_protocol(), tmp / "caption", figures=1, progress=False)
-    assert result["records"] == 6
+    out = tmp / "caption"
+    assert main(["eval", "caption", "--data", str(world / "val" / "tags.jsonl"), "--protocol", "miniworld", "--model",
+                 str(weights), "--adapter", str(adapter), "--out", str(out), "--figures", "1"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["records"] == 6 and result["protocol"]["name"] == "miniworld"
     assert result["CaptionIoU"] / 100 + result["mFPR"] + result["mFNR"] == pytest.approx(1.0, abs=1e-3)
     matrix = torch.tensor(result["confusion_matrix"])
     assert matrix.sum() == 6 * 32 * 32  # every pixel of every 32 px image counted once
-    assert (tmp / "caption" / "results.md").is_file()
+    assert (out / "results.md").is_file() and len(list((out / "figures").glob("*.png"))) == 1
+
+
+def test_eval_seg_on_the_world(pipeline):
+    world, weights, adapter, tmp = pipeline
+    out = tmp / "seg"
+    assert main(["eval", "seg", "--dataset", "generic", "--root", str(world / "seg" / "val"), "--protocol", "miniworld",
+                 "--model", str(weights), "--adapter", str(adapter), "--out", str(out), "--figures", "0", "--no-cache"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["images"] == 6 and 0.0 <= result["mIoU"] <= 100.0
+    classes = (world / "seg" / "val" / "classes.txt").read_text().splitlines()
+    assert len(result["confusion_matrix"]) == len(classes)
 
 
 def test_quickstart_on_a_tiny_model(pipeline, capsys):

@@ -107,16 +107,19 @@ def normalize(x: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
     ).view(shape)
 
 
-def resize_short_side(x: torch.Tensor, short: int, max_long: int | None = None) -> torch.Tensor:
-    """Resize (…, 3, H, W) so the short side is ``short`` (bicubic, antialiased), keeping aspect;
-    with ``max_long``, shrink further so the long side does not exceed it."""
+def resize_short_side(
+    x: torch.Tensor, short: float, max_long: float | None = None, mode: str = "bicubic"
+) -> torch.Tensor:
+    """Resize (…, 3, H, W) so the short side is ``short`` (``mode``: bicubic or bilinear,
+    antialiased), keeping aspect; with ``max_long``, shrink further so the long side does not
+    exceed it."""
     h, w = x.shape[-2:]
     scale = short / min(h, w)
     if max_long is not None:
         scale = min(scale, max_long / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     batched = x if x.ndim == 4 else x[None]
-    out = F.interpolate(batched, size=size, mode="bicubic", align_corners=False, antialias=True)
+    out = F.interpolate(batched, size=size, mode=mode, align_corners=False, antialias=True)
     return out if x.ndim == 4 else out[0]
 
 

@@ -2,5 +2,15 @@
 
 from .manifest import ManifestRecord, read_manifest, write_manifest
 from .miniworld import MiniWorldConfig, build_miniworld
+from .segmentation import SEGMENTATION_DATASETS, SegmentationDataset, load_segmentation_dataset
 
-__all__ = ["ManifestRecord", "read_manifest", "write_manifest", "MiniWorldConfig", "build_miniworld"]
+__all__ = [
+    "ManifestRecord",
+    "read_manifest",
+    "write_manifest",
+    "MiniWorldConfig",
+    "build_miniworld",
+    "SEGMENTATION_DATASETS",
+    "SegmentationDataset",
+    "load_segmentation_dataset",
+]

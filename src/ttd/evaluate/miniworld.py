@@ -7,7 +7,7 @@ reproduction (``benchmarks/reproduce_miniworld.py``).
   :func:`ttd.models.lora.load_adapter`;
 * :data:`SAMPLES_MANIFEST`: a few dozen validation images with captions, depicted tags and masks
   (``scripts/extract_miniworld_samples.py`` copies them out of a build);
-* :data:`PROTOCOL_FILE`: the segmentation protocol for 64 px images (one forward, CLIP statistics).
+* the ``miniworld`` protocol preset: segmentation of 64 px images (one forward, CLIP statistics).
 """
 
 from __future__ import annotations
@@ -15,17 +15,16 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["ASSETS", "EMBEDDED_MODEL", "EMBEDDED_ADAPTER", "SAMPLES_MANIFEST", "PROTOCOL_FILE", "miniworld_protocol"]
+__all__ = ["ASSETS", "EMBEDDED_MODEL", "EMBEDDED_ADAPTER", "SAMPLES_MANIFEST", "miniworld_protocol"]
 
 ASSETS = Path(str(resources.files("ttd") / "assets" / "miniworld"))
 EMBEDDED_MODEL = "miniworld"
 EMBEDDED_ADAPTER = ASSETS / "ttd_adapter.safetensors"
 SAMPLES_MANIFEST = ASSETS / "samples" / "tags.jsonl"
-PROTOCOL_FILE = ASSETS / "protocol.yaml"
 
 
 def miniworld_protocol(**overrides):
-    """The mini-world protocol (:data:`PROTOCOL_FILE`), with knobs changed by ``overrides``."""
+    """The ``miniworld`` protocol preset, with knobs changed by ``overrides``."""
     from ..protocols import load_protocol
 
-    return load_protocol(PROTOCOL_FILE, overrides=overrides or None)
+    return load_protocol("miniworld", overrides=overrides or None)

@@ -1,0 +1,136 @@
+"""What every evaluation loop shares: torchrun sharding and resumable confusion-matrix state.
+
+Under ``torchrun --nproc_per_node N -m ttd eval ...`` each process takes every N-th image and the
+confusion matrices are summed at the end, so the numbers equal a single-process run. The state of
+each process is checkpointed atomically every few images; a rerun with the same arguments (and
+process count) continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+from tqdm.auto import tqdm
+
+from ..io import atomic_write_bytes
+
+__all__ = ["DistContext", "init_distributed", "EvalCheckpoint", "evaluation_loop"]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, indices: list[int]) -> list[int]:
+        return indices[self.rank :: self.world_size]
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def init_distributed(device: str | None = None) -> DistContext:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA);
+    a plain single-process context otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistContext(rank, world_size, local_rank)
+
+
+class EvalCheckpoint:
+    """One process's partial counts, saved atomically as safetensors with the run's key."""
+
+    def __init__(self, out_dir: str | os.PathLike, key: dict, ctx: DistContext):
+        self.key = json.dumps(key, sort_keys=True)
+        self.path = Path(out_dir) / ".state" / f"rank{ctx.rank}-of-{ctx.world_size}.safetensors"
+
+    def load(self) -> tuple[torch.Tensor, int] | None:
+        """(matrix, images done) of an earlier run with the same key, else None."""
+        if not self.path.is_file():
+            return None
+        try:
+            with safe_open(str(self.path), "pt") as f:
+                if (f.metadata() or {}).get("key") != self.key:
+                    return None
+            tensors = load_file(self.path)
+        except (SafetensorError, OSError):
+            return None
+        return tensors["matrix"], int(tensors["done"])
+
+    def save(self, matrix: torch.Tensor, done: int) -> None:
+        data = save({"matrix": matrix.contiguous(), "done": torch.tensor(done)}, metadata={"key": self.key})
+        atomic_write_bytes(self.path, data)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _identity(sample):
+    return sample
+
+
+def evaluation_loop(
+    dataset: torch.utils.data.Dataset,
+    predict,
+    metric,
+    *,
+    ctx: DistContext,
+    checkpoint: EvalCheckpoint | None = None,
+    limit: int | None = None,
+    desc: str = "eval",
+    progress: bool = True,
+    workers: int = 0,
+    checkpoint_every: int = 25,
+    figure=None,
+    figures: int = 0,
+    figure_dir: str | os.PathLike | None = None,
+) -> float:
+    """Run ``predict(sample) -> (prediction, target)`` over this process's shard of ``dataset``,
+    adding each pair to ``metric`` (a ConfusionMatrix), resuming from and saving ``checkpoint``;
+    the main process saves ``figure(sample, prediction)`` for its first ``figures`` samples.
+    Returns the seconds spent; the caller reduces the metric."""
+    indices = ctx.shard(list(range(len(dataset)))[:limit])
+    done = 0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        metric.matrix, done = state
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices[done:]), batch_size=None, num_workers=workers, collate_fn=_identity
+    )
+    bar = tqdm(total=len(indices), initial=done, desc=desc, unit="img", dynamic_ncols=True,
+               disable=not (progress and ctx.is_main))
+    start = time.perf_counter()
+    for step, sample in enumerate(loader, start=done):
+        prediction, target = predict(sample)
+        metric.update(prediction, target)
+        if figure is not None and figure_dir is not None and ctx.is_main and step < figures:
+            Path(figure_dir).mkdir(parents=True, exist_ok=True)
+            figure(sample, prediction).save(Path(figure_dir) / f"{sample.name.replace('/', '_')}.png")
+        bar.update(1)
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            checkpoint.save(metric.matrix, step + 1)
+    bar.close()
+    if checkpoint is not None:
+        checkpoint.save(metric.matrix, len(indices))
+    return time.perf_counter() - start

@@ -1,0 +1,236 @@
+"""Evaluation protocols as plain data: named presets a user can print, override and reproduce.
+
+Numbers in open-vocabulary segmentation depend on many small knobs (resize, windows, templates,
+background rule …) that other code bases hide per dataset. Here every knob is a field of
+:class:`Protocol`, the presets live in ``ttd/assets/protocols/*.yaml`` with their per-dataset
+values (a ``datasets:`` section), and :func:`load_protocol` resolves
+``preset → dataset values → user overrides`` in that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import TTDError
+
+__all__ = ["PRESETS", "TEMPLATE_SETS", "Protocol", "load_protocol", "load_templates", "parse_overrides"]
+
+PRESETS = ("tcl", "ttd", "sclip", "miniworld")
+TEMPLATE_SETS = ("tcl9", "openai80", "identity")
+BACKGROUND_RULES = ("threshold", "softmax")
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every knob of a segmentation evaluation (see ``docs/segmentation.md`` for each one)."""
+
+    name: str
+    description: str = ""
+    # geometry
+    short_side: int | None = 448  # None: keep the image size
+    max_long_side: int | None = 2048
+    resize_interpolation: str = "bilinear"
+    crop_size: int | None = 448  # None: one forward over the whole (resized) image
+    stride: int | None = 224
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    pixel_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    # text
+    templates: str = "tcl9"  # a template set name or a file with one template per line
+    synonyms: bool = False  # False: only the first name of each class is queried
+    # background rule and scores
+    background: str = "threshold"  # "threshold": constant channel; "softmax": sclip's probabilities
+    background_threshold: float = 0.5
+    logit_scale: float = 40.0
+    prob_threshold: float = 0.0
+    area_threshold: float | None = None
+    # PAMR refinement
+    pamr: bool = False
+    pamr_iterations: int = 10
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    pamr_scale: float = 0.25  # PAMR resolution relative to the resized (scale 1.0) image
+    dataset: str | None = None  # the dataset whose preset values were applied, if any
+
+    def __post_init__(self):
+        _validate(self)
+
+    def replace(self, **changes) -> Protocol:
+        """A copy with some knobs changed (validated like the original)."""
+        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in changes.items()})
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=120)
+
+    def template_list(self) -> list[str]:
+        return load_templates(self.templates)
+
+
+KNOBS = tuple(f.name for f in fields(Protocol) if f.name != "dataset")
+
+
+def _validate(p: Protocol) -> None:
+    def fail(knob: str, why: str):
+        raise TTDError(f"protocol {p.name!r}: {knob}={getattr(p, knob)!r} is invalid ({why})")
+
+    if p.background not in BACKGROUND_RULES:
+        fail("background", f"choose one of {', '.join(BACKGROUND_RULES)}")
+    if p.resize_interpolation not in INTERPOLATIONS:
+        fail("resize_interpolation", f"choose one of {', '.join(INTERPOLATIONS)}")
+    for knob in ("short_side", "max_long_side", "crop_size", "stride"):
+        value = getattr(p, knob)
+        if value is not None and value <= 0:
+            fail(knob, "must be positive or null")
+    if p.crop_size is not None and p.stride is not None and p.stride > p.crop_size:
+        fail("stride", f"larger than crop_size={p.crop_size} would leave pixels without a window")
+    if not p.scales or any(s <= 0 for s in p.scales):
+        fail("scales", "need at least one positive scale")
+    if len(p.pixel_mean) != 3 or len(p.pixel_std) != 3 or any(s <= 0 for s in p.pixel_std):
+        fail("pixel_std" if len(p.pixel_mean) == 3 else "pixel_mean", "need 3 values, std positive")
+    for knob in ("background_threshold", "prob_threshold"):
+        if not 0.0 <= getattr(p, knob) <= 1.0:
+            fail(knob, "must lie in [0, 1]")
+    if p.area_threshold is not None and not 0.0 <= p.area_threshold <= 1.0:
+        fail("area_threshold", "must lie in [0, 1] or be null")
+    if p.logit_scale <= 0:
+        fail("logit_scale", "must be positive")
+    if p.pamr_iterations < 0:
+        fail("pamr_iterations", "must be >= 0")
+    if not p.pamr_dilations or any(d <= 0 for d in p.pamr_dilations):
+        fail("pamr_dilations", "need at least one positive dilation")
+    if not 0.0 < p.pamr_scale <= 4.0:
+        fail("pamr_scale", "must lie in (0, 4]")
+
+
+# --- parsing ---------------------------------------------------------------------------------
+_FLOAT_TUPLES = {"scales", "pixel_mean", "pixel_std"}
+_INT_TUPLES = {"pamr_dilations"}
+_OPTIONAL_INTS = {"short_side", "max_long_side", "crop_size", "stride"}
+_FLOATS = {"background_threshold", "logit_scale", "prob_threshold", "pamr_scale"}
+_BOOLS = {"flip", "synonyms", "pamr"}
+_STRINGS = {"name", "description", "resize_interpolation", "templates", "background", "dataset"}
+
+
+def _scalar(value):
+    return yaml.safe_load(value) if isinstance(value, str) else value
+
+
+def _coerce(knob: str, value):
+    """A knob's value from YAML or a ``--set`` string, in the type the dataclass expects."""
+    if knob not in KNOBS and knob != "dataset":
+        raise TTDError(f"unknown protocol knob {knob!r}; knobs: {', '.join(KNOBS)}")
+    if knob in _STRINGS:
+        return None if value is None else str(value).strip()
+    try:
+        if knob in _FLOAT_TUPLES | _INT_TUPLES:
+            if isinstance(value, str):
+                value = [v for v in value.strip("[]() ").split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            cast = float if knob in _FLOAT_TUPLES else int
+            return tuple(cast(_scalar(v)) for v in value)
+        value = _scalar(value)
+        if knob in _OPTIONAL_INTS:
+            return None if value in (None, "none", "null", 0) else int(value)
+        if knob == "area_threshold":
+            return None if value in (None, "none", "null") else float(value)
+        if knob in _FLOATS:
+            return float(value)
+        if knob == "pamr_iterations":
+            return int(value)
+        if knob in _BOOLS:
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+    except (TypeError, ValueError) as err:
+        raise TTDError(f"protocol knob {knob}={value!r} cannot be read ({err})") from None
+
+
+def parse_overrides(items: Sequence[str] | Mapping | None) -> dict:
+    """``["pamr=true", "scales=1,0.5"]`` (the CLI's ``--set``) or a dict → {knob: typed value}."""
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        return {k: _coerce(k, v) for k, v in items.items()}
+    out = {}
+    for item in items:
+        knob, sep, value = item.partition("=")
+        if not sep or not knob.strip():
+            raise TTDError(f"--set {item!r}: expected knob=value, e.g. --set pamr=true")
+        out[knob.strip()] = _coerce(knob.strip(), value.strip())
+    return out
+
+
+def _read_yaml(name_or_path: str | os.PathLike) -> dict:
+    if str(name_or_path) in PRESETS:
+        text = resources.files("ttd").joinpath("assets", "protocols", f"{name_or_path}.yaml").read_text()
+        source = f"preset {name_or_path}"
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise TTDError(
+                f"unknown protocol {str(name_or_path)!r}: choose one of {', '.join(PRESETS)} or give a YAML file"
+            )
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise TTDError(f"protocol {source} is not valid YAML ({err})".replace("\n", " ")) from None
+    if not isinstance(data, dict) or "name" not in data:
+        raise TTDError(f"protocol {source} must be a YAML mapping with at least a 'name'")
+    return data
+
+
+def load_protocol(
+    name_or_path: str | os.PathLike | Protocol = "tcl",
+    dataset: str | None = None,
+    overrides: Sequence[str] | Mapping | None = None,
+) -> Protocol:
+    """A preset (``tcl``, ``ttd``, ``sclip``) or YAML file, with the values its ``datasets:``
+    section gives ``dataset``, then ``overrides`` (``knob=value`` strings or a dict) on top."""
+    if isinstance(name_or_path, Protocol):
+        base = name_or_path.to_dict()
+        per_dataset = {}
+    else:
+        base = _read_yaml(name_or_path)
+        per_dataset = base.pop("datasets", None) or {}
+        if not isinstance(per_dataset, dict):
+            raise TTDError(f"protocol {name_or_path}: 'datasets' must map dataset names to knob values")
+    values = {k: _coerce(k, v) for k, v in base.items()}
+    if dataset is not None:
+        values.update({k: _coerce(k, v) for k, v in (per_dataset.get(dataset) or {}).items()})
+        values["dataset"] = dataset
+    values.update(parse_overrides(overrides))
+    return Protocol(**values)
+
+
+def load_templates(spec: str | os.PathLike) -> list[str]:
+    """A template set by name (``tcl9``, ``openai80``, ``identity``) or from a text file with one
+    template per line, each containing ``{}`` where the class name goes."""
+    if str(spec) in TEMPLATE_SETS:
+        text = resources.files("ttd").joinpath("assets", "templates", f"{spec}.txt").read_text()
+        source = f"template set {spec}"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise TTDError(
+                f"unknown templates {str(spec)!r}: choose one of {', '.join(TEMPLATE_SETS)} or give a text file"
+            )
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    templates = [line.strip() for line in text.splitlines() if line.strip()]
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        example = bad[0] if bad else "no lines"
+        raise TTDError(f"{source}: every line must be a template containing '{{}}' (got {example!r})")
+    return templates

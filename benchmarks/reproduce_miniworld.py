@@ -117,6 +117,12 @@ def train_run(run: Run, args) -> dict:
     return {**info, "adapter": str(adapter), "cached": False}
 
 
+def finished(run: Run, args) -> bool:
+    """Trained and evaluated by an earlier invocation (its figures are reused, nothing is rerun)."""
+    out = args.runs / run.name
+    return all(p.is_file() for p in (out / "adapter.safetensors", out / "wall.json", args.runs / "eval" / f"{run.name}.json"))
+
+
 # --- evaluation -------------------------------------------------------------------------------
 def load(args, dense: str, adapter: str | None):
     from ttd.models import load_model
@@ -366,7 +372,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embed-to", type=Path, default=None, help="where --embed writes (default: the package asset)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    command = "PYTHONPATH=src python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    given = list(argv if argv is not None else sys.argv[1:])
+    if "--only" in given:  # the command to reproduce everything: without --only
+        del given[given.index("--only") : given.index("--only") + 2]
+    command = "PYTHONPATH=src python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *given])
     start = time.perf_counter()
     register_noun_scorer()
     from ttd.taggers import NounTagger
@@ -384,7 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     ev["maskclip"] = evaluate_model("maskclip", args, "maskclip", None, ["pixel", "image", "text", "image-text"], [NounTagger()])
     ev["sclip"] = evaluate_model("sclip", args, "sclip", None, ["pixel"])
     write()
-    for run in runs:
+    for run in RUNS:
+        if run not in runs and not finished(run, args):
+            continue  # left out by --only, and not done by an earlier invocation
         print(f"== {run.name}: {run.label}", flush=True)
         trained[run.name] = train_run(run, args)
         if run.name == "ttd" and args.embed:

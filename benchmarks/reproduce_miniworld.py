@@ -152,8 +152,9 @@ def auc_scores(model, records, scorings, batch_size: int) -> dict[str, float]:
     return {s: float(roc_auc_score(truth, v)) for s, v in scores.items()}
 
 
-def evaluate_model(key: str, args, dense: str, adapter: str | None, scorers, taggers=()) -> dict:
-    """Tags (+ AUC), caption and segmentation figures of one model, cached in RUNS/eval/KEY.json."""
+def evaluate_model(key: str, args, dense: str, adapter: str | None, scorers, taggers=(), auc: bool = False) -> dict:
+    """Tags (+ AUC when ``auc``: an extra scoring pass), caption and segmentation figures of one
+    model, cached in RUNS/eval/KEY.json."""
     from ttd.data.segmentation import load_segmentation_dataset
     from ttd.evaluate.caption import CaptionMaskDataset, evaluate_captions
     from ttd.evaluate.miniworld import miniworld_protocol
@@ -169,7 +170,7 @@ def evaluate_model(key: str, args, dense: str, adapter: str | None, scorers, tag
     records = read_manifest(manifest)[: args.limit]
     tags = evaluate_tags(records, model, scorers=scorers, taggers=taggers, manifest=manifest,
                          batch_size=args.eval_batch, progress=not args.quiet)
-    auc = auc_scores(model, records, scorers, args.eval_batch)
+    auc = auc_scores(model, records, scorers, args.eval_batch) if auc else {}
     protocol = miniworld_protocol(background_threshold=args.threshold)
     caption = evaluate_captions(model, CaptionMaskDataset(records, str(manifest)), protocol, threshold=args.threshold,
                                 method=key, figures=0, progress=not args.quiet)
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_bytes(args.results, text.encode("utf-8"))
 
     print("== evaluate MaskCLIP and SCLIP as pretrained", flush=True)
-    ev["maskclip"] = evaluate_model("maskclip", args, "maskclip", None, ["pixel", "image", "text", "image-text"], [NounTagger()])
+    ev["maskclip"] = evaluate_model("maskclip", args, "maskclip", None, ["pixel", "image", "text", "image-text"], [NounTagger()], auc=True)
     ev["sclip"] = evaluate_model("sclip", args, "sclip", None, ["pixel"])
     write()
     for run in RUNS:
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         trained[run.name] = train_run(run, args)
         if run.name == "ttd" and args.embed:
             print(f"embedded adapter: {embed_adapter(args, trained['ttd']['adapter'])}", flush=True)
-        ev[run.name] = evaluate_model(run.name, args, run.dense, trained[run.name]["adapter"], ["pixel"])
+        ev[run.name] = evaluate_model(run.name, args, run.dense, trained[run.name]["adapter"], ["pixel"], auc=run.name == "ttd")
         write()
     for row in goals(ev):
         print(" | ".join(row))

@@ -69,6 +69,9 @@ RUNS = (
     Run("src_image", overrides={"scorer": "image"}, label="tag source s_image"),
     Run("src_nouns", overrides={"scorer": "nouns"}, label="tag source nouns"),
     Run("sclip_ttd", dense="sclip", label="SCLIP + TTD"),
+    # beyond the paper's defaults: the online teacher drifts on this small model, try a fixed one
+    Run("ttd_frozen", overrides={"teacher": "frozen"}, label="MaskCLIP + TTD, frozen teacher"),
+    Run("ttd_frozen_lr1e-4", overrides={"teacher": "frozen", "lr": 1e-4}, label="MaskCLIP + TTD, frozen teacher, lr 1e-4"),
 )
 
 
@@ -103,12 +106,13 @@ def train_run(run: Run, args) -> dict:
     adapter, timing = out / "adapter.safetensors", out / "wall.json"
     if adapter.is_file() and timing.is_file():
         return {**json.loads(timing.read_text()), "adapter": str(adapter), "cached": True}
-    config = load_config(
+    settings = dict(
         data=str(args.world / "train" / "pairs.jsonl"), out=str(out), model=args.model, dense=run.dense,
         image_size=args.image_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=max(1, args.steps // 10), workers=args.workers, seed=args.seed,
-        save_every=max(50, args.steps // 4), log_every=10, tensorboard=False, **run.overrides,
+        save_every=max(50, args.steps // 4), log_every=10, tensorboard=False,
     )
+    config = load_config(**{**settings, **run.overrides})
     start = time.perf_counter()
     result = train(config, resume=latest_checkpoint(out) is not None, progress=not args.quiet)
     info = {"seconds": round(time.perf_counter() - start, 1), "steps": result.step, "loss": result.metrics.get("loss"),

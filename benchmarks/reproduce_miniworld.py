@@ -250,6 +250,15 @@ def _seg_row(label: str, e: dict | None, paper: str | None = None) -> list[str]:
     return [label, *cells] + ([paper] if paper is not None else [])
 
 
+def _teacher_row(label: str, e: dict | None) -> list[str]:
+    if e is None:
+        return [label] + ["not run"] * 9
+    t = e["tags"]["pixel"]
+    return [label, *(_pct(t[k]) for k in ("precision", "recall", "f1", "map")),
+            f"{e['auc']['pixel']:.3f}" if "pixel" in e["auc"] else "–", f"{e['caption']['CaptionIoU']:.1f}",
+            f"{e['caption']['mFPR']:.3f}", f"{e['caption']['mFNR']:.3f}", f"{e['seg']['mIoU']:.1f}"]
+
+
 def _table2(ev: dict) -> list[list[str]]:
     labels = {"nouns": "nouns (POS)", "image": "s_image (Eq. 1)", "text": "s_text (Eq. 7)",
               "image-text": "s_image − s_text", "pixel": "s_pixel (Eq. 2)"}
@@ -321,6 +330,12 @@ def report(ev: dict, trained: dict, args, command: str, wall: float) -> str:
             _seg_row("s_image", ev.get("src_image"), _paper(PAPER_SOURCES["src_image"])),
             _seg_row("s_pixel", ev.get("ttd"), _paper(PAPER_SOURCES["ttd"])),
         ]),
+        "## Who selects the tags: online teacher (paper) vs frozen teacher",
+        "",
+        markdown_table(["method", "tag P", "tag R", "tag F1", "tag mAP", "tag AUC", "CaptionIoU", "mFPR", "mFNR", "mIoU"],
+                       [_teacher_row(label, ev.get(key)) for key, label in (
+                           ("maskclip", "MaskCLIP"), ("ttd", "+ TTD, online teacher (paper)"),
+                           ("ttd_frozen", "+ TTD, frozen teacher"))]),
         "## TTD on a training-free variant (not in the paper): SCLIP",
         "",
         markdown_table(SEG_HEADERS, [_seg_row("SCLIP", ev.get("sclip")), _seg_row("SCLIP + TTD", ev.get("sclip_ttd"))]),
@@ -407,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         trained[run.name] = train_run(run, args)
         if run.name == "ttd" and args.embed:
             print(f"embedded adapter: {embed_adapter(args, trained['ttd']['adapter'])}", flush=True)
-        ev[run.name] = evaluate_model(run.name, args, run.dense, trained[run.name]["adapter"], ["pixel"], auc=run.name == "ttd")
+        ev[run.name] = evaluate_model(run.name, args, run.dense, trained[run.name]["adapter"], ["pixel"], auc=run.name in ("ttd", "ttd_frozen"))
         write()
     for row in goals(ev):
         print(" | ".join(row))

@@ -192,7 +192,7 @@ def evaluate_model(key: str, args, dense: str, adapter: str | None, scorers, tag
 
 
 def embed_adapter(args, adapter: str) -> Path:
-    """Copy the main TTD adapter into the package as the quickstart's default, its metadata naming
+    """Copy a TTD adapter into the package as the quickstart's default, its metadata naming
     the base by its registered name (``miniworld``) instead of a local path."""
     from ttd.evaluate.miniworld import EMBEDDED_ADAPTER, EMBEDDED_MODEL
     from ttd.models.lora import save_adapter
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch CPU threads (default 1: on a shared 2-core machine 1 thread ran 1.5-10x faster than 2)")
     parser.add_argument("--only", default=None, help="comma-separated runs to train and evaluate (default: all, in order: "
                         + ", ".join(r.name for r in RUNS) + ")")
-    parser.add_argument("--embed", action="store_true", help="write the `ttd` adapter as the package's embedded one")
+    parser.add_argument("--embed", default=None, metavar="RUN", help="write RUN's adapter as the package's embedded one")
     parser.add_argument("--embed-to", type=Path, default=None, help="where --embed writes (default: the package asset)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -420,8 +420,8 @@ def main(argv: list[str] | None = None) -> None:
             continue  # left out by --only, and not done by an earlier invocation
         print(f"== {run.name}: {run.label}", flush=True)
         trained[run.name] = train_run(run, args)
-        if run.name == "ttd" and args.embed:
-            print(f"embedded adapter: {embed_adapter(args, trained['ttd']['adapter'])}", flush=True)
+        if run.name == args.embed:
+            print(f"embedded adapter: {embed_adapter(args, trained[run.name]['adapter'])}", flush=True)
         ev[run.name] = evaluate_model(run.name, args, run.dense, trained[run.name]["adapter"], ["pixel"], auc=run.name in ("ttd", "ttd_frozen"))
         write()
     for row in goals(ev):

@@ -162,3 +162,19 @@ def test_pick_samples_shows_multi_object_captions_first():
 
     records = [ManifestRecord(Path(f"{i}.jpg"), "c", tags=t) for i, t in enumerate([("a",), ("a", "b"), (), ("c", "d")])]
     assert pick_samples(records, 3) == [records[1], records[3], records[0]]
+
+
+def test_embedded_adapter_fits_the_embedded_model():
+    from ttd.evaluate.miniworld import EMBEDDED_ADAPTER, EMBEDDED_MODEL
+    from ttd.models.lora import read_adapter_metadata
+    from ttd.models.weights import KNOWN_WEIGHTS
+
+    meta = read_adapter_metadata(EMBEDDED_ADAPTER)
+    assert meta["base"] == EMBEDDED_MODEL and meta["dense"] == "maskclip" and meta["finetune"] == "lora"
+    if EMBEDDED_MODEL not in KNOWN_WEIGHTS:
+        pytest.skip("the embedded mini-world CLIP is not registered in this checkout")
+    base = load_model(EMBEDDED_MODEL)
+    tuned = load_adapter(load_model(EMBEDDED_MODEL), EMBEDDED_ADAPTER)  # checks the base fingerprint
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(base.encode_image(images)[1], tuned.encode_image(images)[1])

@@ -294,7 +294,8 @@ def report(ev: dict, trained: dict, args, command: str, wall: float) -> str:
         "",
         "TTD (Jo et al., ECCV 2024) reproduced in miniature: a CLIP pretrained here on the mini-world",
         "(`docs/miniworld.md`), fine-tuned with TTD, evaluated on the world's validation split with the",
-        "paper's metrics. Every figure below comes from one run of the command at the end; the paper's",
+        "paper's metrics. Every figure below comes from the command at the end (run in parts with `--only`,",
+        "which caches each run and evaluation: the full command then only reports them); the paper's",
         "numbers (METHOD §6, CC3M-TagMask / TCL backbone for Table 2, ViT-B/16 MaskCLIP for Tables 3–4)",
         "stand beside ours for the direction of each effect, not for the values: the data, the model",
         "and the scale are different.",
@@ -351,7 +352,9 @@ def report(ev: dict, trained: dict, args, command: str, wall: float) -> str:
                                      _seg_row("SCLIP + TTD (lr 1e-4)", ev.get("sclip_ttd_lr1e-4"))]),
         "## Runs and wall times",
         "",
-        f"2 shared CPU cores; this invocation {wall / 60:.1f} min (cached runs and evaluations are not re-timed).",
+        f"2 shared CPU cores. Training and evaluation seconds summed over all runs: "
+        f"{(sum(t['seconds'] for t in trained.values()) + sum(e['seconds'] for e in ev.values())) / 60:.0f} min "
+        f"(runs that shared the cores with others count their shared time); this invocation {wall / 60:.1f} min.",
         "",
         markdown_table(["run", "what", "dense", "config changes", "steps", "train s"], times),
         markdown_table(["evaluation", "s"], eval_times),

@@ -6,10 +6,12 @@ from ttd.vocabulary import BUILTIN_VOCABULARIES, Vocabulary
 
 
 def test_presets_carry_the_documented_knobs():
-    tcl, ttd, sclip = (load_protocol(name) for name in PRESETS)
+    tcl, ttd, sclip, miniworld = (load_protocol(name) for name in PRESETS)
     assert (tcl.short_side, tcl.crop_size, tcl.stride, tcl.scales, tcl.flip, tcl.pamr) == (448, 448, 224, (1.0,), False, False)
     assert (ttd.scales, ttd.flip, ttd.pamr, ttd.pamr_iterations, ttd.pamr_dilations) == (
         (1.0, 0.5, 1.5, 2.0), True, True, 10, (1, 2, 4, 8, 12, 24))
+    assert (miniworld.short_side, miniworld.crop_size, miniworld.scales, miniworld.flip, miniworld.pamr) == (None, None, (1.0,), False, False)
+    assert (miniworld.templates, miniworld.background, miniworld.background_threshold) == ("identity", "threshold", 0.40)
     assert (sclip.short_side, sclip.crop_size, sclip.stride, sclip.background, sclip.synonyms) == (336, 224, 112, "softmax", True)
     assert tcl.pixel_mean == (0.485, 0.456, 0.406) and sclip.pixel_mean[0] == pytest.approx(0.48145466)
     assert len(tcl.template_list()) == 9 and len(sclip.template_list()) == 80
@@ -50,7 +52,7 @@ def test_yaml_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("nope",), "unknown protocol 'nope': choose one of tcl, ttd, sclip or give a YAML file"),
+        (("nope",), "unknown protocol 'nope': choose one of tcl, ttd, sclip, miniworld or give a YAML file"),
         (("tcl", None, ["colour=red"]), "unknown protocol knob 'colour'"),
         (("tcl", None, ["pamr"]), "--set 'pamr': expected knob=value"),
         (("tcl", None, ["background=maybe"]), "protocol 'tcl': background='maybe' is invalid (choose one of threshold, softmax)"),

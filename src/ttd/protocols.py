@@ -22,7 +22,7 @@ from .errors import TTDError
 
 __all__ = ["PRESETS", "TEMPLATE_SETS", "Protocol", "load_protocol", "load_templates", "parse_overrides"]
 
-PRESETS = ("tcl", "ttd", "sclip")
+PRESETS = ("tcl", "ttd", "sclip", "miniworld")
 TEMPLATE_SETS = ("tcl9", "openai80", "identity")
 BACKGROUND_RULES = ("threshold", "softmax")
 INTERPOLATIONS = ("bilinear", "bicubic")

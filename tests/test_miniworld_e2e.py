@@ -1,0 +1,180 @@
+"""The mini-world end to end, on the command line: build a tiny world from a fake clip-art source
+→ ``ttd pretrain`` → ``ttd train`` (TTD) → ``ttd eval tags`` and caption segmentation →
+``ttd quickstart``; plus the embedded samples and the sample extraction.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from test_miniworld import fake_world  # noqa: F401  (the fake clip-art fixture)
+
+from ttd.cli import main
+from ttd.data.manifest import read_manifest
+from ttd.evaluate.miniworld import SAMPLES_MANIFEST
+from ttd.models import load_model
+from ttd.models.lora import load_adapter
+from ttd.quickstart import pick_samples
+from ttd.tags import candidate_tags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from extract_miniworld_samples import choose, extract  # noqa: E402
+
+TINY = dict(embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
+            text_width=64, text_layers=2, text_heads=2)
+STEPS = ["--image-size", "32", "--steps", "3", "--batch-size", "4", "--workers", "0", "--warmup-steps", "1",
+         "--no-progress", "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, fake_world):  # noqa: F811
+    """World → pretrained tiny CLIP → TTD adapter, all through the CLI."""
+    root, vocab = fake_world
+    tmp = tmp_path_factory.mktemp("e2e")
+    world = tmp / "world"
+    assert main(["data", "miniworld", "--out", str(world), "--source", str(root), "--vocabulary", str(vocab),
+                 "--train", "16", "--val", "6", "--size", "32", "--quiet"]) == 0
+    (tmp / "clip.yaml").write_text(yaml.safe_dump(TINY))
+    pairs = str(world / "train" / "pairs.jsonl")
+    assert main(["pretrain", "--data", pairs, "--clip-config", str(tmp / "clip.yaml"), "--out", str(tmp / "pre"), *STEPS]) == 0
+    weights = tmp / "pre" / "model.safetensors"
+    assert main(["train", "--data", pairs, "--model", str(weights), "--out", str(tmp / "ttd"), "--lr", "1e-2", *STEPS]) == 0
+    return world, weights, tmp / "ttd" / "adapter.safetensors", tmp
+
+
+def test_pretrain_and_ttd_write_loadable_weights(pipeline):
+    world, weights, adapter, _ = pipeline
+    base = load_model(str(weights))
+    assert base.config.image_size == 32 and base.config.vision_width == 64
+    tensors = load_file(adapter)
+    lora_b = [v for k, v in tensors.items() if k.endswith(".B")]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b), "TTD did not move any adapter"
+    tuned = load_adapter(load_model(str(weights)), adapter)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(base.encode_image(images)[1], tuned.encode_image(images)[1])
+
+
+def test_eval_tags_report_is_well_formed(pipeline):
+    world, weights, adapter, tmp = pipeline
+    out = tmp / "tags"
+    assert main(["eval", "tags", "--data", str(world / "val" / "tags.jsonl"), "--model", str(weights), "--adapter",
+                 str(adapter), "--scorers", "pixel,image", "--taggers", "", "--out", str(out)]) == 0
+    result = json.loads((out / "tags.json").read_text())
+    assert result["captions"] == 6 and set(result["rows"]) == {"pixel", "image"}
+    for metrics in result["rows"].values():
+        for key in ("precision", "recall", "f1", "accuracy"):
+            assert 0.0 <= metrics[key] <= 1.0
+    assert "| s_pixel (Eq. 2) |" in (out / "tags.md").read_text()
+
+
+def test_eval_caption_on_the_world(pipeline):
+    world, weights, adapter, tmp = pipeline
+    out = tmp / "caption"
+    assert main(["eval", "caption", "--data", str(world / "val" / "tags.jsonl"), "--protocol", "miniworld", "--model",
+                 str(weights), "--adapter", str(adapter), "--out", str(out), "--figures", "1"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["records"] == 6 and result["protocol"]["name"] == "miniworld"
+    assert result["CaptionIoU"] / 100 + result["mFPR"] + result["mFNR"] == pytest.approx(1.0, abs=1e-3)
+    matrix = torch.tensor(result["confusion_matrix"])
+    assert matrix.sum() == 6 * 32 * 32  # every pixel of every 32 px image counted once
+    assert (out / "results.md").is_file() and len(list((out / "figures").glob("*.png"))) == 1
+
+
+def test_eval_seg_on_the_world(pipeline):
+    world, weights, adapter, tmp = pipeline
+    out = tmp / "seg"
+    assert main(["eval", "seg", "--dataset", "generic", "--root", str(world / "seg" / "val"), "--protocol", "miniworld",
+                 "--model", str(weights), "--adapter", str(adapter), "--out", str(out), "--figures", "0", "--no-cache"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["images"] == 6 and 0.0 <= result["mIoU"] <= 100.0
+    classes = (world / "seg" / "val" / "classes.txt").read_text().splitlines()
+    assert len(result["confusion_matrix"]) == len(classes)
+
+
+def test_quickstart_on_a_tiny_model(pipeline, capsys):
+    world, weights, adapter, tmp = pipeline
+    out = tmp / "quick"
+    assert main(["quickstart", "--model", str(weights), "--adapter", str(adapter), "--samples",
+                 str(world / "val" / "tags.jsonl"), "--out", str(out), "--images", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed and "before TTD: tag F1" in printed
+    report = (out / "report.md").read_text()
+    assert "![before / after](figure.png)" in report and "| after TTD |" in report
+    with Image.open(out / "figure.png") as figure:
+        assert figure.format == "PNG" and figure.width > 3 * 32
+    data = json.loads((out / "quickstart.json").read_text())
+    assert data["summary"]["images"] == 6 and len(data["examples"]) == 2
+    for example in data["examples"]:
+        words = candidate_tags(example["caption"])
+        for stage in ("before", "after"):
+            assert set(example[f"selected_{stage}"]) <= set(words)
+            assert list(example[f"scores_{stage}"]) == words
+            picked = [w for w, s in example[f"scores_{stage}"].items() if s >= 0.5]
+            assert example[f"selected_{stage}"] == picked
+
+
+def test_quickstart_refuses_an_adapter_of_other_weights(pipeline, tmp_path, capsys):
+    world, weights, adapter, _ = pipeline
+    assert main(["pretrain", "--data", str(world / "train" / "pairs.jsonl"), "--clip-config",
+                 str(weights.parents[1] / "clip.yaml"), "--out", str(tmp_path / "other"), "--seed", "1", *STEPS]) == 0
+    code = main(["quickstart", "--model", str(tmp_path / "other" / "model.safetensors"), "--adapter", str(adapter),
+                 "--samples", str(world / "val" / "tags.jsonl"), "--out", str(tmp_path / "q")])
+    assert code == 2 and "load the matching --model" in capsys.readouterr().err
+
+
+def test_embedded_samples_are_a_valid_small_manifest():
+    records = read_manifest(SAMPLES_MANIFEST)  # checks that every image and mask exists
+    assert 24 <= len(records) <= 64
+    folder = SAMPLES_MANIFEST.parent
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 2 * 1024 * 1024
+    for record in records:
+        assert record.tags and set(record.tags) <= set(candidate_tags(record.caption))
+        assert set(record.tag_masks) == set(record.tags)
+        with Image.open(record.image) as image, Image.open(record.caption_mask) as mask:
+            assert image.size == mask.size == (64, 64)
+    assert sum(len(r.tags) >= 2 for r in records) >= len(records) // 2
+
+
+def test_sample_choice_prefers_several_objects_and_new_nouns():
+    records = [{"tags": ["cat"]}, {"tags": ["cat", "dog"]}, {"tags": ["cat", "dog"]}, {"tags": ["bee", "owl"]}]
+    assert choose(records, 2) == [records[1], records[3]]  # file order kept in the result
+    assert choose(records, 10) == records
+
+
+def test_sample_extraction_is_deterministic(pipeline, tmp_path):
+    world = pipeline[0]
+    a, b = extract(world, tmp_path / "a", 4), extract(world, tmp_path / "b", 4)
+    assert a.read_bytes() == b.read_bytes()
+    records = read_manifest(a)
+    assert len(records) == 4 and all(r.caption_mask.parent.name == "masks" for r in records)
+
+
+def test_pick_samples_shows_multi_object_captions_first():
+    from ttd.data.manifest import ManifestRecord
+
+    records = [ManifestRecord(Path(f"{i}.jpg"), "c", tags=t) for i, t in enumerate([("a",), ("a", "b"), (), ("c", "d")])]
+    assert pick_samples(records, 3) == [records[1], records[3], records[0]]
+
+
+def test_embedded_adapter_fits_the_embedded_model():
+    from ttd.evaluate.miniworld import EMBEDDED_ADAPTER, EMBEDDED_MODEL
+    from ttd.models.lora import read_adapter_metadata
+    from ttd.models.weights import KNOWN_WEIGHTS
+
+    meta = read_adapter_metadata(EMBEDDED_ADAPTER)
+    assert meta["base"] == EMBEDDED_MODEL and meta["dense"] == "maskclip" and meta["finetune"] == "lora"
+    if EMBEDDED_MODEL not in KNOWN_WEIGHTS:
+        pytest.skip("the embedded mini-world CLIP is not registered in this checkout")
+    base = load_model(EMBEDDED_MODEL)
+    tuned = load_adapter(load_model(EMBEDDED_MODEL), EMBEDDED_ADAPTER)  # checks the base fingerprint
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(base.encode_image(images)[1], tuned.encode_image(images)[1])

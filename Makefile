@@ -21,7 +21,7 @@ dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,nlp]'
 
 quickstart: install
-	$(BIN)/ttd info
+	HF_HUB_OFFLINE=1 $(BIN)/ttd quickstart
 
 test: dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

@@ -176,8 +176,19 @@ def _add_eval(sub) -> None:
         add(eval_sub)
 
 
+def _add_run_flags(p: argparse.ArgumentParser, skip: tuple) -> None:
+    """The flags `ttd train` and `ttd pretrain` share, then one flag per config key not in ``skip``."""
+    from .train_config import add_config_flags
+
+    p.add_argument("--config", default=None, help="YAML file of config keys (flags win)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP", help="stop with a checkpoint at this step")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    add_config_flags(p, skip=skip)
+
+
 def _add_train(sub) -> None:
-    from .train_config import PRETRAIN_ONLY, add_config_flags
+    from .train_config import PRETRAIN_ONLY
 
     p = sub.add_parser(
         "train",
@@ -185,11 +196,7 @@ def _add_train(sub) -> None:
         description="Text-Tag Self-Distillation. Every setting is a config key: defaults, then --config "
         "YAML, then these flags. Many processes/machines: torchrun --nproc_per_node N -m ttd train …",
     )
-    p.add_argument("--config", default=None, help="YAML file of config keys (flags win)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--stop-after", type=int, default=None, metavar="STEP", help="stop with a checkpoint at this step")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
-    add_config_flags(p, skip=PRETRAIN_ONLY)
+    _add_run_flags(p, skip=PRETRAIN_ONLY)
     p.set_defaults(run=_run_train)
 
 
@@ -207,7 +214,7 @@ def _run_train(args) -> int:
 
 
 def _add_pretrain(sub) -> None:
-    from .train_config import TTD_ONLY, add_config_flags
+    from .train_config import TTD_ONLY
 
     p = sub.add_parser(
         "pretrain",
@@ -215,12 +222,8 @@ def _add_pretrain(sub) -> None:
         description="Trains every weight of a randomly initialised CLIP with InfoNCE over the global batch; "
         "same data, config, checkpoints and torchrun support as `ttd train`. Writes OUT/model.safetensors.",
     )
-    p.add_argument("--config", default=None, help="YAML file of config keys (flags win)")
     p.add_argument("--clip-config", default=None, help="YAML/JSON file of CLIPConfig fields (default: ViT-B/16)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--stop-after", type=int, default=None, metavar="STEP", help="stop with a checkpoint at this step")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
-    add_config_flags(p, skip=TTD_ONLY)
+    _add_run_flags(p, skip=TTD_ONLY)
     p.set_defaults(run=_run_pretrain)
 
 

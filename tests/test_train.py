@@ -240,6 +240,22 @@ def test_resume_reuses_the_saved_configuration(tmp_path):
         train(config(manifest, tmp_path / "new"), model=tiny_model(), progress=False, resume=True)
 
 
+def test_calibration_takes_its_own_learning_rate(tmp_path):
+    manifest = write_manifest(tmp_path / "data", make_pairs(8))
+    moves = {}
+    for calibration_lr in (None, 0.5):
+        model = tiny_model()
+        train(config(manifest, tmp_path / f"run{calibration_lr}", steps=4, lr=1e-4, warmup_steps=0,
+                     calibration_lr=calibration_lr), model=model, progress=False)
+        moves[calibration_lr] = abs(model.calibration.bias.item() + 2.5)
+    assert moves[None] <= 4 * 1e-4 * 1.01  # Adam: about lr per step at most
+    assert moves[0.5] > 100 * moves[None]
+    log = [json.loads(line) for line in (tmp_path / "run0.5" / "log.jsonl").read_text().splitlines()]
+    assert {"calibration_w", "calibration_b"} <= set(log[-1]) and log[-1]["calibration_b"] != -2.5
+    with pytest.raises(TTDError, match="calibration_lr must be positive"):
+        load_config(data="x", calibration_lr=0).validate()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     manifest = write_manifest(tmp_path / "data", make_pairs(4))
     cases = [

@@ -113,7 +113,7 @@ class TTDObjective:
     extra pass without gradient (adapters switched off; a frozen copy under full fine-tuning).
     """
 
-    metrics = ("l_distill", "l_tag", "selected", "candidates")
+    metrics = ("l_distill", "l_tag", "selected", "candidates", "calibration_w", "calibration_b")
 
     def __init__(
         self,
@@ -187,6 +187,8 @@ class TTDObjective:
             "l_tag": out.tag.detach(),
             "selected": selected.sum(dim=1).float().mean(),
             "candidates": valid.sum(dim=1).float().mean(),
+            "calibration_w": model.calibration.weight.detach(),
+            "calibration_b": model.calibration.bias.detach(),
         }
         return out.total, metrics
 

@@ -256,13 +256,7 @@ class Trainer:
                 dist.broadcast(p.data, src=0)
         self.model.train()
 
-        decay = [p for p in self.params if p.ndim >= 2]
-        no_decay = [p for p in self.params if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr,
-            betas=(config.beta1, config.beta2),
-        )
+        self.optimizer = torch.optim.AdamW(self._param_groups(config), lr=config.lr, betas=(config.beta1, config.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
         )
@@ -290,6 +284,21 @@ class Trainer:
         self._stop_requested = False
 
     # --- checkpoints ---
+    def _param_groups(self, config: TrainConfig) -> list[dict]:
+        """Matrices decay, vectors and scalars do not; the calibration's two scalars may take
+        their own learning rate (Adam moves each by about lr per step, so at a LoRA learning rate
+        a short run leaves them where they started)."""
+        named = dict(zip(self.names, self.params))
+        calibration = [p for n, p in named.items() if n.startswith("calibration.")]
+        rest = [p for n, p in named.items() if not n.startswith("calibration.")]
+        groups = [
+            {"params": [p for p in rest if p.ndim >= 2], "weight_decay": config.weight_decay},
+            {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        if calibration:
+            groups.append({"params": calibration, "weight_decay": 0.0, "lr": config.calibration_lr or config.lr})
+        return groups
+
     def _load_checkpoint(self, path: Path) -> dict:
         state = _load_torch(path / "trainer.pt")
         if state["world"] != self.dist.world:

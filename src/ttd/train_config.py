@@ -21,7 +21,7 @@ DEFAULT_MODEL = "ViT-B-16/openai"
 TTD_ONLY = (
     "model", "quick_gelu", "teacher", "scorer", "tau", "score_norm", "keep_argmax", "tag_template", "distance",
     "distill_weight", "tag_weight", "minmax_eps", "finetune", "lora_rank", "lora_alpha", "lora_dropout",
-    "lora_targets", "lora_towers", "train_calibration",
+    "lora_targets", "lora_towers", "train_calibration", "calibration_lr",
 )
 # keys that mean nothing to `ttd train` (the auxiliary dense objective of pretraining)
 PRETRAIN_ONLY = ("dense_weight", "dense_classes")
@@ -77,6 +77,9 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = _opt(("q", "k", "v", "out"), "adapted projections (comma-separated)")
     lora_towers: tuple[str, ...] = _opt(("image", "text"), "adapted encoders (comma-separated)")
     train_calibration: bool = _opt(True, "train the heatmap calibration w, b")
+    calibration_lr: float | None = _opt(
+        None, "peak learning rate of the calibration w, b (default: lr); Adam moves each scalar by about lr per step"
+    )
     # pretraining only: auxiliary dense objective from object masks (ttd.objectives.DenseLabelObjective)
     dense_weight: float = _opt(0.0, "pretrain: weight of the per-patch class loss on the shards' object masks (0: plain InfoNCE)")
     dense_classes: str = _opt("", "pretrain: classes.txt naming the masks' class ids (default: the mini-world vocabulary)")
@@ -96,8 +99,10 @@ class TrainConfig:
         for name in ("workers", "warmup_steps", "weight_decay", "grad_clip", "distill_weight", "tag_weight", "dense_weight"):
             if getattr(self, name) < 0:
                 raise TTDError(f"{name} must not be negative, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise TTDError(f"lr must be positive, got {self.lr}")
+        for name in ("lr", "calibration_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise TTDError(f"{name} must be positive, got {value}")
         if not 0 <= self.tau <= 1:
             raise TTDError(f"tau must lie in [0, 1], got {self.tau}")
         if not 0 <= self.min_lr_ratio <= 1:

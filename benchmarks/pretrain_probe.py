@@ -7,8 +7,9 @@
   depicted words: image-level scores (Eq. 1) and pixel-level scores (Eq. 2), softmax at 100,
   τ = 0.5 → micro P / R / F1, and the threshold-free AUC of depicted vs absent words (sklearn);
 * the same AUCs over the 76 vocabulary nouns instead of the caption's words ("noun AUC": depicted
-  vs absent nouns; on the caption's words, depicted words are always nouns and absent ones never
-  vocabulary nouns, so a word-type prior alone can score well there);
+  vs absent nouns, the stricter figure: on the caption's words most absent words are not nouns
+  at all — only about half of the captions mention one undepicted noun — so a word-type prior
+  alone scores well there);
 * zero-shot top-1: the global embedding's nearest class name is one of the depicted classes;
 * localisation of each depicted word on the dense (MaskCLIP) map, upsampled to the image:
   pointing (its maximum lies inside its mask), IoU of the calibrated heatmap > 0.5 with its mask,

@@ -180,7 +180,12 @@ def load_vocabulary(path: str | Path | None = None, nouns: Sequence[str] | None 
 
 @dataclass(frozen=True)
 class CaptionGrammar:
-    """Templates per object count with ``{o1}``… object phrases and ``{slot}`` phrases."""
+    """Templates per object count with ``{o1}``… object phrases and ``{slot}`` phrases.
+
+    The ``mention`` slot's phrases carry a ``{noun}``: a vocabulary noun the image does NOT
+    depict ("waiting for a dog"), as real captions name things that are not in the picture; a
+    tag selector must then tell depicted nouns from mentioned ones, not nouns from other words.
+    """
 
     templates: dict[int, tuple[str, ...]]
     slots: dict[str, tuple[str, ...]]
@@ -192,14 +197,18 @@ class CaptionGrammar:
         text = " ".join(phrases)
         return {w for w in re.sub(r"\{[a-z0-9]+\}|[^a-z ]", " ", text.lower()).split()}
 
-    def caption(self, rng: np.random.Generator, words: Sequence[str]) -> str:
-        """A caption naming ``words`` in this order, with undepicted words around them."""
+    def caption(self, rng: np.random.Generator, words: Sequence[str], mention: str | None = None) -> str:
+        """A caption naming ``words`` in this order, with undepicted words around them (among
+        them ``mention``, an undepicted noun, when the template's ``{mention}`` slot is used)."""
         template = self._pick(rng, self.templates[len(words)])
 
         def fill(match: re.Match) -> str:
             slot = match.group(1)
             if slot[0] == "o" and slot[1:].isdigit():
                 return self._object_phrase(rng, words[int(slot[1:]) - 1])
+            if slot == "mention":
+                phrase = self._slot(rng, slot) if mention else ""
+                return phrase.replace("{noun}", mention) if phrase else ""
             return self._slot(rng, slot)
 
         text = re.sub(r"\{([a-z0-9]+)\}", fill, template)
@@ -351,7 +360,9 @@ def compose_scene(rng: np.random.Generator, clipart: ClipArt, grammar: CaptionGr
         o.word = _pick_word(rng, vocabulary[o.noun])
     order = rng.permutation(len(objects))
     tags = [objects[i].word for i in order]
-    caption = grammar.caption(rng, tags)
+    absent = [n for n in range(len(vocabulary)) if n not in {o.noun for o in objects}]
+    mention = _pick_word(rng, vocabulary[absent[int(rng.integers(len(absent)))]]) if absent else None
+    caption = grammar.caption(rng, tags, mention)
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     return Scene(image, objects, caption, tags, background)
 

@@ -38,8 +38,8 @@ def test_unselected_tag_acts_only_through_tag_loss():
     caption = maps([0.5, 0.2, 0.7, 0.1])  # (1, 2, 2)
     chosen = maps([0.1, 0.3, 0.5, 0.9])
     other = maps([0.6, 0.7, 0.2, 0.3])
-    with_other = ttd_loss(caption, torch.stack([chosen, other], dim=1), torch.tensor([[True, False]]))
-    alone = ttd_loss(caption, chosen[:, None], torch.tensor([[True]]))
+    with_other = ttd_loss(caption, torch.stack([chosen, other], dim=1), torch.tensor([[True, False]]), kind="l1")
+    alone = ttd_loss(caption, chosen[:, None], torch.tensor([[True]]), kind="l1")
     assert torch.equal(with_other.union, alone.union)
     assert torch.equal(with_other.distill, alone.distill)
     # L_tag averages the two tags; the unselected one is pulled to 0: its L1 term is its mean
@@ -49,12 +49,14 @@ def test_unselected_tag_acts_only_through_tag_loss():
 def test_losses_by_hand():
     caption = maps([0.5, 0.2, 0.7, 0.1])
     tags = maps([0.1, 0.3, 0.5, 0.9])[:, None]
-    out = ttd_loss(caption, tags, torch.tensor([[True]]), eps=1e-12)
+    out = ttd_loss(caption, tags, torch.tensor([[True]]), kind="l1", eps=1e-12)
     target = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    default = ttd_loss(caption, tags, torch.tensor([[True]]), eps=1e-12)  # MSE
+    assert default.distill.item() == pytest.approx((caption.flatten() - target).square().mean().item())
     assert out.distill.item() == pytest.approx((caption.flatten() - target).abs().mean().item())
     assert out.tag.item() == pytest.approx((tags.flatten() - target).abs().mean().item())
     assert out.total.item() == pytest.approx(out.distill.item() + out.tag.item())
-    weighted = ttd_loss(caption, tags, torch.tensor([[True]]), tag_weight=0.25, distill_weight=2.0, eps=1e-12)
+    weighted = ttd_loss(caption, tags, torch.tensor([[True]]), kind="l1", tag_weight=0.25, distill_weight=2.0, eps=1e-12)
     assert weighted.total.item() == pytest.approx(2.0 * out.distill.item() + 0.25 * out.tag.item())
 
 

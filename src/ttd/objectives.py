@@ -122,7 +122,7 @@ class TTDObjective:
         score_norm: str = "softmax",
         keep_argmax: bool = False,
         tag_template: str = "{}",
-        distance: str = "l1",
+        distance: str = "mse",
         distill_weight: float = 1.0,
         tag_weight: float = 1.0,
         eps: float = 1e-6,

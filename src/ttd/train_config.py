@@ -65,7 +65,7 @@ class TrainConfig:
     score_norm: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))
     keep_argmax: bool = _opt(False, "always select each caption's best-scoring tag")
     tag_template: str = _opt("{}", "prompt of a tag, e.g. 'a photo of a {}.' ({} = the raw word)")
-    distance: str = _opt("l1", "distance d of Eq. 4-5", ("l1", "mse", "bce"))
+    distance: str = _opt("mse", "distance d of Eq. 4-5", ("l1", "mse", "bce"))
     distill_weight: float = _opt(1.0, "weight of L_distill (Eq. 4); 0 = the 'L_tag only' ablation")
     tag_weight: float = _opt(1.0, "λ, weight of L_tag (Eq. 5); 0 = the 'L_distill only' ablation")
     minmax_eps: float = _opt(1e-6, "ε of the min-max normalisation of selected tag heatmaps")

@@ -77,6 +77,7 @@ RUNS = (
     # beyond the paper: which of the project's choices matter
     Run("ttd_frozen", overrides={"teacher": "frozen"}, label="MaskCLIP + TTD, frozen teacher"),
     Run("ttd_lr1e-3", overrides={"lr": 1e-3}, label="MaskCLIP + TTD, lr 1e-3"),
+    Run("ttd_long", overrides={"steps": 2000}, label="MaskCLIP + TTD, 2000 steps"),
     Run("ttd_image_lora", overrides={"lora_towers": ("image",)}, label="MaskCLIP + TTD, LoRA on the image tower only"),
     Run("ttd_slow_calibration", overrides={"calibration_lr": None}, label="MaskCLIP + TTD, calibration at the LoRA learning rate"),
     Run("ttd_l1", overrides={"distance": "l1"}, label="MaskCLIP + TTD, distance L1"),
@@ -419,6 +420,7 @@ def report(ev: dict, trained: dict, args, command: str, wall: float) -> str:
                            ("maskclip", "MaskCLIP"), ("ttd", "+ TTD (the settings above: distance MSE)"),
                            ("ttd_l1", "+ TTD, distance L1"), ("ttd_bce", "+ TTD, distance BCE"),
                            ("ttd_frozen", "+ TTD, frozen teacher"), ("ttd_lr1e-3", "+ TTD, lr 1e-3"),
+                           ("ttd_long", "+ TTD, 2000 steps (4× the pairs)"),
                            ("ttd_image_lora", "+ TTD, LoRA on the image tower only"),
                            ("ttd_slow_calibration", "+ TTD, calibration at the LoRA learning rate"))]),
         "Oracle threshold: the best background threshold for each model, chosen on the evaluated images",

@@ -283,7 +283,6 @@ class Trainer:
         )
         self._stop_requested = False
 
-    # --- checkpoints ---
     def _param_groups(self, config: TrainConfig) -> list[dict]:
         """Matrices decay, vectors and scalars do not; the calibration's two scalars may take
         their own learning rate (Adam moves each by about lr per step, so at a LoRA learning rate
@@ -299,6 +298,7 @@ class Trainer:
             groups.append({"params": calibration, "weight_decay": 0.0, "lr": config.calibration_lr or config.lr})
         return groups
 
+    # --- checkpoints ---
     def _load_checkpoint(self, path: Path) -> dict:
         state = _load_torch(path / "trainer.pt")
         if state["world"] != self.dist.world:

@@ -360,7 +360,8 @@ def compose_scene(rng: np.random.Generator, clipart: ClipArt, grammar: CaptionGr
         o.word = _pick_word(rng, vocabulary[o.noun])
     order = rng.permutation(len(objects))
     tags = [objects[i].word for i in order]
-    absent = [n for n in range(len(vocabulary)) if n not in {o.noun for o in objects}]
+    depicted = {o.noun for o in objects}
+    absent = [n for n in range(len(vocabulary)) if n not in depicted]
     mention = _pick_word(rng, vocabulary[absent[int(rng.integers(len(absent)))]]) if absent else None
     caption = grammar.caption(rng, tags, mention)
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)

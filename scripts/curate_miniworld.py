@@ -9,7 +9,9 @@ How the vocabulary was made (re-run this script to reproduce it):
 1. candidates: every PNG whose folder + file name matches a noun's pattern below (the clip-art
    authors wrote names in English, Italian and French, hence ``gatto``, ``cavallo``, ``tigre`` …);
    symbolic links and byte-identical copies are dropped (the package links one file into several
-   folders);
+   folders), but their names count: a file whose real path lies in an excluded folder (an icon
+   theme) is a candidate when a link or copy of it in an object folder matches, and it is listed
+   under its first real path;
 2. automatic filter on the alpha channel (the object mask): a real alpha channel, the object fills
    10–97 % of its bounding box (a full box is an opaque background; boxy objects such as cameras
    come close, and wiry ones such as bicycles fill little, so the eye decides there), its largest
@@ -486,26 +488,40 @@ def _pattern(regex: str) -> re.Pattern:
 
 
 def candidates(source: Path = SOURCE) -> dict[str, list[str]]:
-    """Files whose folder + name match each noun; links and byte-identical duplicates dropped."""
-    seen: dict[str, str] = {}
-    files = []
-    for path in sorted(source.rglob("*.png")):
+    """Files whose folder + name match each noun; links and byte-identical duplicates dropped.
+
+    The package links (or copies) one file into several folders, sometimes from an excluded
+    folder (an icon theme) into an object folder (``electronics/``): a file is a candidate when
+    any of its names outside the excluded folders matches, and it is listed under its first
+    real path (a regular file, in sorted order).
+    """
+    first: dict[str, str] = {}  # content digest -> listed path
+    names: dict[str, list[str]] = {}  # listed path -> every name of that file (links, copies)
+    by_target: dict[Path, str] = {}
+    paths = sorted(source.rglob("*.png"))
+    for path in paths:
         if path.is_symlink():
             continue
+        rel = path.relative_to(source).as_posix()
         digest = hashlib.sha1(path.read_bytes()).hexdigest()
-        if digest in seen:
-            continue
-        seen[digest] = str(path)
-        files.append(path.relative_to(source).as_posix())
+        listed = first.setdefault(digest, rel)
+        names.setdefault(listed, []).append(rel)
+        by_target[path.resolve()] = listed
+    for path in paths:
+        if path.is_symlink() and path.resolve() in by_target:
+            names[by_target[path.resolve()]].append(path.relative_to(source).as_posix())
     out = {}
     for noun, (_, regex) in NOUNS.items():
         by_name = _pattern("|".join(a for a in regex.split("|") if "/" not in a))
         by_folder = [a for a in regex.split("|") if "/" in a]
         out[noun] = [
             f
-            for f in files
-            if not f.startswith(EXCLUDED_FOLDERS)
-            and (by_name.search(Path(f).stem.lower()) or any(re.search(a, f.lower()) for a in by_folder))
+            for f, aliases in names.items()
+            if any(
+                not a.startswith(EXCLUDED_FOLDERS)
+                and (by_name.search(Path(a).stem.lower()) or any(re.search(b, a.lower()) for b in by_folder))
+                for a in aliases
+            )
         ]
     return out
 

@@ -7,7 +7,8 @@ Licence: Creative Commons Public Domain Dedication (see
 
 How the vocabulary was made (re-run this script to reproduce it):
 1. candidates: every PNG whose folder + file name matches a noun's pattern below (the clip-art
-   authors wrote names in English, Italian and French, hence ``gatto``, ``cavallo``, ``tigre`` …);
+   authors wrote names in English, Italian and French, hence ``gatto``, ``cavallo``, ``tigre`` …; a
+   few files named only after their author are listed by name after a look at them);
    symbolic links and byte-identical copies are dropped (the package links one file into several
    folders), but their names count: a file whose real path lies in an excluded folder (an icon
    theme) is a candidate when a link or copy of it in an object folder matches, and it is listed
@@ -62,15 +63,15 @@ NOUNS: dict[str, tuple[list[str], str]] = {
     "rabbit": (["bunny"], r"rabbit|bunny|coniglio"),
     "dolphin": ([], r"dolphin"),
     "fish": ([], r"fish|pesce|pescetto|gourami|angelfish|loach|cichlid|greyling"),
-    "duck": (["duckling"], r"duck|anatra|papera|canard"),
-    "penguin": ([], r"penguin|tux|penguin/.*|pinguino\d*"),
+    "duck": (["duckling"], r"duck|anatra|papera|canard|pennuto\d*"),
+    "penguin": ([], r"penguin|tux|penguin/.*|pinguino\d*|ralf_ark\.in-berlin\.de_ra_\d+"),
     "eagle": ([], r"eagle|aquila|acquila"),
     "owl": ([], r"owl|gufo|civetta|hibou|chouette"),
     "chicken": (["hen", "rooster"], r"hen|rooster|gallo|pollo|chicken|gallina|pulcino|poule|coq"),
     "swan": ([], r"swan|cigno|cigni"),
     "butterfly": ([], r"butterfly|farfalla"),
     "bee": (["wasp"], r"bee\d?|abeille|wasp|ape_miele"),
-    "ladybug": (["ladybird"], r"ladybug|coccinella|coccinelle|coccinellona"),
+    "ladybug": (["ladybird"], r"ladybug|coccinella|coccinelle|coccinellona|c_rollandin_francesco_ar_\d+|bug_nicu_buculei_\d+"),
     "spider": ([], r"spider|ragno|ragnetto"),
     "dinosaur": (["dino"], r"dino|dinosauro|dinosaur"),
     "snail": ([], r"snail|lumaca"),

@@ -26,6 +26,7 @@ from ttd.data.miniworld import (
     load_grammar,
     load_vocabulary,
     parse_objects,
+    plural,
 )
 from ttd.errors import TTDError
 from ttd.tags import candidate_tags
@@ -71,7 +72,8 @@ def fake_world(tmp_path_factory) -> tuple[Path, Path]:
 def _build(out: Path, fake_world, **overrides) -> dict:
     root, vocab = fake_world
     workers = overrides.pop("workers", 0)
-    config = MiniWorldConfig(**{"train": 12, "val": 8, "size": 64, "shard_size": 5, **overrides})
+    # pure colours identify objects only in unaugmented pastes (test_augmented_pastes covers the other case)
+    config = MiniWorldConfig(**{"train": 12, "val": 8, "test": 6, "size": 64, "shard_size": 5, "augment": False, **overrides})
     return build_miniworld(out, config, source=root, vocabulary=vocab, workers=workers, progress=False)
 
 
@@ -307,7 +309,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, fake_world, capsys):
 def test_cli_builds_and_overwrites(tmp_path, fake_world, capsys):
     root, vocab = fake_world
     args = ["data", "miniworld", "--out", str(tmp_path / "w"), "--source", str(root), "--vocabulary", str(vocab)]
-    args += ["--train", "3", "--val", "2", "--size", "32", "--objects", "2", "--nouns", "cat,dog,bee", "--quiet"]
+    args += ["--train", "3", "--val", "2", "--test", "0", "--size", "32", "--objects", "2", "--nouns", "cat,dog,bee", "--quiet"]
     assert main(args) == 0
     assert "mini-world: 5 images (3 nouns)" in capsys.readouterr().out
     build = json.loads((tmp_path / "w" / "build.json").read_text())
@@ -318,10 +320,64 @@ def test_cli_builds_and_overwrites(tmp_path, fake_world, capsys):
     assert json.loads((tmp_path / "w" / "build.json").read_text())["config"]["seed"] == 3
 
 
+def test_held_out_files_never_reach_train_or_val(world, fake_world):
+    build = json.loads((world / "build.json").read_text())
+    heldout = {f for files in build["heldout_files"].values() for f in files}
+    assert len(heldout) == 4 and all(len(files) == 1 for files in build["heldout_files"].values())
+    for split in ("train", "val", "test", "test-seen"):
+        used = {o["file"] for meta in _shard_metas(world / split / "shards") for o in meta["objects"]}
+        assert used and (used <= heldout if split == "test" else not used & heldout), split
+
+
+def _shard_metas(folder: Path) -> list[dict]:
+    metas = []
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            metas += [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+    return metas
+
+
+def test_test_split_composition_plurals_and_union_masks(world):
+    records = read_manifest(world / "test" / "tags.jsonl")
+    assert len(records) == 6 and len(read_manifest(world / "test-seen" / "tags.jsonl")) == 6
+    for rec in records:  # tags are the depicted caption words; the caption mask is their union
+        assert list(rec.tags) == [t for t in candidate_tags(rec.caption) if t in rec.tags]
+        union = np.any([_mask(p) > 0 for p in rec.tag_masks.values()], axis=0)
+        assert (union == (_mask(rec.caption_mask) > 0)).all()
+    metas = _shard_metas(world / "test" / "shards")
+    assert {len(m["objects"]) for m in metas} <= {2, 3, 4}  # the fake objects rarely hide each other
+    for meta in metas:  # a noun shown twice is named once, by its plural
+        for noun in {o["noun"] for o in meta["objects"]}:
+            words = {o["word"] for o in meta["objects"] if o["noun"] == noun}
+            count = sum(o["noun"] == noun for o in meta["objects"])
+            assert len(words) == 1 and (count == 1 or words.pop() in {plural(noun), "kittens", "puppies"})
+
+
+def test_plurals():
+    assert [plural(w) for w in ("cat", "bus", "cherry", "toy", "sheep", "loaf", "glasses")] == [
+        "cats", "buses", "cherries", "toys", "sheep", "loaves", "glasses"]  # fmt: skip
+
+
+def test_augmented_pastes_recolour_objects_and_keep_exact_masks(tmp_path, fake_world):
+    def pure_share(world: Path) -> float:
+        """Share of object pixels that keep a drawing's exact colour."""
+        pure = total = 0
+        for rec in read_manifest(world / "val" / "tags.jsonl"):
+            image, mask = np.asarray(Image.open(world / "seg" / "val" / "images" / f"{rec.image.stem}.png")), _mask(rec.caption_mask) > 0
+            assert mask.any() and not mask.all()
+            exact = np.any([(image == c).all(-1) for c in COLOURS.values()], axis=0)
+            pure, total = pure + (exact & mask).sum(), total + mask.sum()
+        return pure / total
+
+    _build(tmp_path / "plain", fake_world, train=0, val=8, test=0)
+    _build(tmp_path / "aug", fake_world, train=0, val=8, test=0, augment=True)
+    assert pure_share(tmp_path / "plain") > 0.8 and pure_share(tmp_path / "aug") < 0.6
+
+
 @pytest.mark.skipif(not DEFAULT_SOURCE.is_dir(), reason="openclipart-png not installed (apt-get install -y openclipart-png)")
 def test_real_clipart_package(tmp_path):
-    summary = build_miniworld(tmp_path / "w", MiniWorldConfig(train=4, val=4, size=64, shard_size=4), progress=False)
-    assert summary["images"] == 8 and summary["nouns"] >= 50
-    for split in ("train", "val"):
+    summary = build_miniworld(tmp_path / "w", MiniWorldConfig(train=4, val=4, test=4, size=64, shard_size=4), progress=False)
+    assert summary["images"] == 16 and summary["nouns"] >= 50
+    for split in ("train", "val", "test", "test-seen"):
         for rec in read_manifest(tmp_path / "w" / split / "tags.jsonl"):
             assert Image.open(rec.image).size == (64, 64) and rec.tags

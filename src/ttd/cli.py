@@ -280,6 +280,10 @@ def _add_data_miniworld(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--train", type=int, default=10000, help="training images (default 10000)")
     p.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
+    p.add_argument(
+        "--test", type=int, default=1000,
+        help="images of each test split, test/ (held-out clip art) and test-seen/ (default 1000)",
+    )  # fmt: skip
     p.add_argument("--size", type=int, default=64, help="image side in pixels, 32-512 (default 64)")
     p.add_argument("--objects", default="1-3", help="objects per image: N or MIN-MAX, at most 3 (default 1-3)")
     p.add_argument(
@@ -298,6 +302,10 @@ def _add_data_miniworld(sub) -> None:
         action=argparse.BooleanOptionalAction,
         help="write masks and the segmentation set for the training split too (default yes)",
     )
+    p.add_argument(
+        "--no-augment", dest="augment", action="store_false",
+        help="paste training cut-outs as drawn (default: recoloured, rotated, stretched)",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=0, help="render in this many processes (default 0 = in-process)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous build in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -312,6 +320,7 @@ def _run_data_miniworld(args) -> int:
         seed=args.seed,
         train=args.train,
         val=args.val,
+        test=args.test,
         size=args.size,
         min_objects=lo,
         max_objects=hi,
@@ -320,6 +329,7 @@ def _run_data_miniworld(args) -> int:
         nouns=tuple(n.strip() for n in args.nouns.split(",") if n.strip()) if args.nouns else None,
         shard_size=args.shard_size,
         train_masks=args.train_masks,
+        augment=args.augment,
     )
     summary = build_miniworld(
         args.out,

@@ -60,10 +60,12 @@ __all__ = [
 DEFAULT_SOURCE = Path("/usr/share/openclipart/png")
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "miniworld"
 INSTALL_HINT = "install it with `apt-get install -y openclipart-png` or pass --source"
-SPLITS = {"train": 0, "val": 1}  # the second entry of every sample's seed
 PLACEMENT_TRIES = 30
+HELDOUT_SHARE = 0.25  # of each noun's clip-art files, never seen in training (at least one per noun)
+TEST_OBJECTS = (2, 4)  # objects per test image
+TEST_REPEAT = 0.35  # probability that a test image shows one noun twice (named by its plural)
 MASK_VALUE = 1  # manifest masks: non-zero = foreground (255 would mean "ignore")
-FORMAT = "ttd-miniworld/1"
+FORMAT = "ttd-miniworld/2"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class MiniWorldConfig:
     seed: int = 0
     train: int = 10000
     val: int = 1000
+    test: int = 1000  # images of each held-out test split (test/ and test-seen/)
     size: int = 64
     min_objects: int = 1
     max_objects: int = 3
@@ -82,12 +85,15 @@ class MiniWorldConfig:
     shard_size: int = 10000
     train_masks: bool = True  # masks and the segmentation set for the training split too
     jpeg_quality: int = 90
+    augment: bool = True  # recolour, rotate and stretch training cut-outs (train and val splits)
 
     def validate(self, max_caption_objects: int) -> None:
         if self.seed < 0:
             raise TTDError(f"--seed must be ≥ 0, got {self.seed}")
-        if self.train < 0 or self.val < 0 or self.train + self.val == 0:
-            raise TTDError(f"--train and --val must be ≥ 0 and not both 0, got {self.train} and {self.val}")
+        if min(self.train, self.val, self.test) < 0 or self.train + self.val + self.test == 0:
+            raise TTDError(
+                f"--train, --val and --test must be ≥ 0 and not all 0, got {self.train}, {self.val} and {self.test}"
+            )
         if not 32 <= self.size <= 512:
             raise TTDError(f"--size must be between 32 and 512 pixels, got {self.size}")
         if not 1 <= self.min_objects <= self.max_objects <= max_caption_objects:
@@ -127,6 +133,32 @@ def _parse_range(text: str, kind, option: str, expected: str):
     return values[0], values[-1]
 
 
+@dataclass(frozen=True)
+class Split:
+    """How one split is drawn: its seed entry, which clip-art files, which scenes and captions.
+
+    ``test`` and ``test-seen`` share seeds and composition rules: the same scenes, with held-out
+    clip-art files in one and training files in the other, so the two differ only in the objects'
+    instances (what a base model's generalisation to unseen drawings is measured by).
+    """
+
+    seed: int  # the second entry of every sample's seed
+    instances: str  # "train": the training files of each noun; "heldout": the others
+    test: bool  # test composition: 2-4 objects, a noun may repeat, the held-out caption wording
+
+
+SPLITS = {
+    "train": Split(0, "train", False),
+    "val": Split(1, "train", False),
+    "test": Split(2, "heldout", True),
+    "test-seen": Split(2, "train", True),
+}
+
+
+def _split_size(config: MiniWorldConfig, split: str) -> int:
+    return config.test if SPLITS[split].test else getattr(config, split)
+
+
 # ----------------------------------------------------------------------------- vocabulary and grammar
 WORD = re.compile(r"^[a-z]+$")
 
@@ -140,6 +172,36 @@ class Noun:
     @property
     def words(self) -> tuple[str, ...]:
         return (self.name, *self.synonyms)
+
+    def instances(self, which: str) -> tuple[str, ...]:
+        """The clip-art files of the training split (``"train"``) or the held-out ones.
+
+        Held out: the ``max(1, round(25 %))`` files with the smallest SHA-256 of their path (none
+        for a noun with a single file), a rule that depends on nothing but the file names.
+        """
+        if len(self.files) < 2:
+            return self.files if which == "train" else ()
+        ranked = sorted(self.files, key=lambda f: hashlib.sha256(f.encode()).hexdigest())
+        heldout = set(ranked[: max(1, round(len(self.files) * HELDOUT_SHARE))])
+        return tuple(f for f in self.files if (f in heldout) == (which == "heldout"))
+
+
+IRREGULAR_PLURALS = {
+    "aircraft": "aircraft", "cactus": "cacti", "cattle": "cattle", "fish": "fish", "glasses": "glasses",
+    "grapes": "grapes", "loaf": "loaves", "mouse": "mice", "scissors": "scissors", "sheep": "sheep",
+    "spectacles": "spectacles", "sunglasses": "sunglasses",
+}  # fmt: skip
+
+
+def plural(word: str) -> str:
+    """English plural of a vocabulary word ("bus" → "buses", "cherry" → "cherries")."""
+    if word in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[word]
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return word[:-1] + "ies"
+    return word + "s"
 
 
 def load_vocabulary(path: str | Path | None = None, nouns: Sequence[str] | None = None) -> list[Noun]:
@@ -197,15 +259,19 @@ class CaptionGrammar:
         text = " ".join(phrases)
         return {w for w in re.sub(r"\{[a-z0-9]+\}|[^a-z ]", " ", text.lower()).split()}
 
-    def caption(self, rng: np.random.Generator, words: Sequence[str], mention: str | None = None) -> str:
+    def caption(
+        self, rng: np.random.Generator, words: Sequence[str], mention: str | None = None, plurals: Sequence[str] = ()
+    ) -> str:
         """A caption naming ``words`` in this order, with undepicted words around them (among
-        them ``mention``, an undepicted noun, when the template's ``{mention}`` slot is used)."""
+        them ``mention``, an undepicted noun, when the template's ``{mention}`` slot is used).
+        A word in ``plurals`` names two objects: its phrase is ``{count} [adjective] word``."""
         template = self._pick(rng, self.templates[len(words)])
 
         def fill(match: re.Match) -> str:
             slot = match.group(1)
             if slot[0] == "o" and slot[1:].isdigit():
-                return self._object_phrase(rng, words[int(slot[1:]) - 1])
+                word = words[int(slot[1:]) - 1]
+                return self._object_phrase(rng, word, word in plurals)
             if slot == "mention":
                 phrase = self._slot(rng, slot) if mention else ""
                 return phrase.replace("{noun}", mention) if phrase else ""
@@ -215,8 +281,9 @@ class CaptionGrammar:
         text = " ".join(text.split()).replace(" ,", ",")
         return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
-    def _object_phrase(self, rng: np.random.Generator, word: str) -> str:
-        return f"{self._slot(rng, 'determiner')} {self._slot(rng, 'adjective')} {word}"
+    def _object_phrase(self, rng: np.random.Generator, word: str, several: bool = False) -> str:
+        determiner = self._slot(rng, "count" if several else "determiner")
+        return f"{determiner} {self._slot(rng, 'adjective')} {word}"
 
     def _slot(self, rng: np.random.Generator, slot: str) -> str:
         if slot in self.optional and rng.random() >= self.optional[slot]:
@@ -228,10 +295,22 @@ class CaptionGrammar:
         return options[int(rng.integers(len(options)))]
 
 
-def load_grammar(path: str | Path | None = None, vocabulary: Sequence[Noun] = ()) -> CaptionGrammar:
-    """The caption grammar (committed default or ``path``), checked against ``vocabulary``."""
+def load_grammar(
+    path: str | Path | None = None, vocabulary: Sequence[Noun] = (), heldout: bool = False
+) -> CaptionGrammar:
+    """The caption grammar (committed default or ``path``), checked against ``vocabulary``.
+
+    ``heldout=True`` gives the test splits' wording: the file's ``heldout`` section, whose
+    templates and slots replace the training ones (slots it does not list are shared).
+    """
     path = Path(path) if path else ASSETS / "captions.json"
     doc = _read_json(path, "caption grammar")
+    if heldout:
+        section = doc.get("heldout") if isinstance(doc, dict) else None
+        if not isinstance(section, dict):
+            raise TTDError(f"caption grammar {path} has no 'heldout' section (templates and slots of the test splits)")
+        doc = {**doc, "templates": section.get("templates"), "slots": {**doc.get("slots", {}), **section.get("slots", {})},
+               "optional": {**doc.get("optional", {}), **section.get("optional", {})}}  # fmt: skip
     try:
         grammar = CaptionGrammar(
             templates={int(k): tuple(v) for k, v in doc["templates"].items()},
@@ -245,10 +324,11 @@ def load_grammar(path: str | Path | None = None, vocabulary: Sequence[Noun] = ()
             for slot in re.findall(r"\{([a-z0-9]+)\}", t):
                 if not (slot[0] == "o" and slot[1:].isdigit()) and slot not in grammar.slots:
                     raise TTDError(f"caption grammar {path}: template {t!r} uses unknown slot {slot!r}")
-    for slot in ("determiner", "adjective"):
+    for slot in ("determiner", "adjective", *(("count",) if heldout else ())):
         if slot not in grammar.slots:
             raise TTDError(f"caption grammar {path}: slot {slot!r} is required (object phrases use it)")
-    clash = grammar.words() & {w for n in vocabulary for w in n.words}
+    words = {w for n in vocabulary for w in n.words}
+    clash = grammar.words() & (words | {plural(w) for w in words})
     if clash:
         words = ", ".join(sorted(clash))
         raise TTDError(f"caption grammar {path} uses vocabulary word(s) {words}: they would look depicted")
@@ -333,20 +413,40 @@ class Scene:
     background: str
 
 
-def compose_scene(rng: np.random.Generator, clipart: ClipArt, grammar: CaptionGrammar, config: MiniWorldConfig) -> Scene:
-    """One composite: background, 1–3 pasted cut-outs of distinct nouns, masks, caption."""
+def compose_scene(
+    rng: np.random.Generator,
+    clipart: ClipArt,
+    grammar: CaptionGrammar,
+    config: MiniWorldConfig,
+    split: Split = SPLITS["train"],
+) -> Scene:
+    """One composite: background, pasted cut-outs, masks, caption.
+
+    Training composition: 1–3 objects (``--objects``) of distinct nouns. Test composition: 2–4
+    objects, and with probability :data:`TEST_REPEAT` one noun twice (two different files where
+    the noun has them), named once by its plural ("two cats"). Cut-outs of the training
+    composition are augmented when ``config.augment`` (:func:`_augment`).
+    """
     size, vocabulary = config.size, clipart.vocabulary
-    k = min(int(rng.integers(config.min_objects, config.max_objects + 1)), len(vocabulary))
-    nouns = rng.choice(len(vocabulary), size=k, replace=False)
+    usable = [n for n in range(len(vocabulary)) if vocabulary[n].instances(split.instances)]
+    lo, hi = TEST_OBJECTS if split.test else (config.min_objects, config.max_objects)
+    k = min(int(rng.integers(lo, hi + 1)), len(usable))
+    repeat = split.test and k >= 2 and rng.random() < TEST_REPEAT
+    nouns = [usable[i] for i in rng.choice(len(usable), size=k - repeat, replace=False)]
+    if repeat:
+        nouns.append(nouns[int(rng.integers(len(nouns)))])
     background, canvas = random_texture(rng, size)
     objects: list[PlacedObject] = []
     for noun in nouns:
-        noun = int(noun)
-        index = int(rng.integers(len(vocabulary[noun].files)))
+        pool = vocabulary[noun].instances(split.instances)
+        files = [f for f in pool if not any(o.file == f for o in objects)] or pool
+        file = files[int(rng.integers(len(files)))]
         flip = bool(rng.random() < 0.5)
-        cut = clipart.cutout(noun, index)
+        cut = clipart.cutout(noun, vocabulary[noun].files.index(file))
         if flip:
             cut = cut[:, ::-1]
+        if config.augment and not split.test:
+            cut = _augment(rng, cut)
         rgba, (x, y), solid = _place(rng, cut, objects, k, config)
         h, w = rgba.shape[:2]
         alpha = rgba[..., 3:4].astype(np.float32) / 255
@@ -354,18 +454,52 @@ def compose_scene(rng: np.random.Generator, clipart: ClipArt, grammar: CaptionGr
         canvas[y : y + h, x : x + w] = region * (1 - alpha) + rgba[..., :3].astype(np.float32) * alpha
         for earlier in objects:
             earlier.mask &= ~solid
-        objects.append(PlacedObject(noun, vocabulary[noun].files[index], (x, y, x + w, y + h), flip, solid, solid.copy()))
+        objects.append(PlacedObject(noun, file, (x, y, x + w, y + h), flip, solid, solid.copy()))
     objects = [o for o in objects if o.mask.any()]
+    words: dict[int, str] = {}  # noun → the word naming all of its objects
     for o in objects:
-        o.word = _pick_word(rng, vocabulary[o.noun])
-    order = rng.permutation(len(objects))
-    tags = [objects[i].word for i in order]
-    depicted = {o.noun for o in objects}
-    absent = [n for n in range(len(vocabulary)) if n not in depicted]
+        if o.noun not in words:
+            words[o.noun] = _pick_word(rng, vocabulary[o.noun])
+    several = {n for n in words if sum(o.noun == n for o in objects) > 1}
+    words = {n: plural(w) if n in several else w for n, w in words.items()}
+    for o in objects:
+        o.word = words[o.noun]
+    tags = [words[n] for n in (list(words)[i] for i in rng.permutation(len(words)))]
+    absent = [n for n in range(len(vocabulary)) if n not in words]
     mention = _pick_word(rng, vocabulary[absent[int(rng.integers(len(absent)))]]) if absent else None
-    caption = grammar.caption(rng, tags, mention)
+    caption = grammar.caption(rng, tags, mention, plurals=[words[n] for n in several])
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     return Scene(image, objects, caption, tags, background)
+
+
+def _augment(rng: np.random.Generator, cut: np.ndarray) -> np.ndarray:
+    """A recoloured, rotated, stretched copy of an RGBA cut-out (alpha follows the geometry).
+
+    Half of the time the hue turns by a random angle, and saturation and brightness are scaled
+    (×0.6–1.3, ×0.75–1.2); 10 % of the time it becomes grey; half of the time it rotates by up
+    to ±20°; its aspect ratio is stretched by up to 1.25×. A model pretrained on these must
+    recognise a noun by its shape rather than by one drawing's colours, which is what lets it
+    recognise the noun's held-out drawings (docs/miniworld.md).
+    """
+    im = Image.fromarray(np.ascontiguousarray(cut), "RGBA")
+    alpha = im.getchannel("A")
+    if rng.random() < 0.5:
+        hsv = np.asarray(im.convert("RGB").convert("HSV")).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(0, 256)) % 256
+        hsv[..., 1] *= rng.uniform(0.6, 1.3)
+        hsv[..., 2] *= rng.uniform(0.75, 1.2)
+        rgb = Image.fromarray(np.clip(hsv, 0, 255).astype(np.uint8), "HSV").convert("RGB")
+        im = Image.merge("RGBA", (*rgb.split(), alpha))
+    if rng.random() < 0.1:
+        grey = im.convert("L")
+        im = Image.merge("RGBA", (grey, grey, grey, alpha))
+    if rng.random() < 0.5:
+        im = im.rotate(float(rng.uniform(-20, 20)), resample=Image.BICUBIC, expand=True)
+    stretch = float(np.exp(rng.uniform(-1, 1) * np.log(1.25)))
+    w, h = im.size
+    im = im.resize((max(1, round(w * stretch)), max(1, round(h / stretch))), Image.BICUBIC)
+    box = im.getchannel("A").getbbox()
+    return np.asarray(im.crop(box) if box else im)
 
 
 def _pick_word(rng: np.random.Generator, noun: Noun, synonym_rate: float = 0.2) -> str:
@@ -423,15 +557,16 @@ class _Sample:
 _WORKER: dict = {}
 
 
-def _init_worker(source, vocabulary, grammar, config) -> None:
-    _WORKER.update(clipart=ClipArt(source, vocabulary, config.size), grammar=grammar, config=config)
+def _init_worker(source, vocabulary, grammars, config) -> None:
+    """``grammars``: the training and the held-out caption grammar (test splits)."""
+    _WORKER.update(clipart=ClipArt(source, vocabulary, config.size), grammars=grammars, config=config)
 
 
 def _render(job: tuple[str, int]) -> _Sample:
     split, index = job
-    clipart, grammar, config = _WORKER["clipart"], _WORKER["grammar"], _WORKER["config"]
-    rng = np.random.default_rng([config.seed, SPLITS[split], index])
-    scene = compose_scene(rng, clipart, grammar, config)
+    clipart, config, spec = _WORKER["clipart"], _WORKER["config"], SPLITS[split]
+    rng = np.random.default_rng([config.seed, spec.seed, index])
+    scene = compose_scene(rng, clipart, _WORKER["grammars"][spec.test], config, spec)
     key = _key(index, config.shard_size)
     vocabulary = clipart.vocabulary
     class_ids = np.zeros((config.size, config.size), np.uint8)
@@ -459,19 +594,24 @@ def _render(job: tuple[str, int]) -> _Sample:
         "classes": {o.word: o.noun + 1 for o in scene.objects},
         "objects": objects,
         "background": scene.background,
-        "seed": [config.seed, SPLITS[split], index],
+        "seed": [config.seed, spec.seed, index],
     }
     record = {"image": f"images/{key}.jpg", "caption": scene.caption, "tags": scene.tags}
     files: dict[str, bytes] = {}
-    if split == "val" or config.train_masks:
+    if _has_masks(split, config):
         record["caption_mask"] = f"masks/{key}_caption.png"
         record["tag_masks"] = {word: f"masks/{key}_{word}.png" for word in scene.tags}
         files[f"{split}/masks/{key}_caption.png"] = _png((class_ids > 0).astype(np.uint8) * MASK_VALUE)
-        for o in scene.objects:
-            files[f"{split}/masks/{key}_{o.word}.png"] = _png(o.mask.astype(np.uint8) * MASK_VALUE)
+        for word in scene.tags:  # a plural word's mask is the union of its objects
+            mask = np.any([o.mask for o in scene.objects if o.word == word], axis=0)
+            files[f"{split}/masks/{key}_{word}.png"] = _png(mask.astype(np.uint8) * MASK_VALUE)
         files[f"seg/{split}/images/{key}.png"] = _png(scene.image)
         files[f"seg/{split}/masks/{key}.png"] = _png(class_ids)
     return _Sample(key, _jpeg(scene.image, config.jpeg_quality), scene.caption, meta, _png(class_ids), files, record)
+
+
+def _has_masks(split: str, config: MiniWorldConfig) -> bool:
+    return split != "train" or config.train_masks
 
 
 def _key(index: int, shard_size: int) -> str:
@@ -536,7 +676,7 @@ def _write_split(
     shards = _ShardWriter(out / split / "shards", config.shard_size)
     pairs, records = [], []
     folders = [f"{split}/images"]
-    if split == "val" or config.train_masks:
+    if _has_masks(split, config):
         folders += [f"{split}/masks", f"seg/{split}/images", f"seg/{split}/masks"]
     for folder in folders:
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -560,7 +700,7 @@ def _classes_txt(vocabulary: Sequence[Noun]) -> str:
 
 
 def _clear(out: Path, overwrite: bool) -> None:
-    ours = ("train", "val", "seg", "build.json", "README.txt")
+    ours = (*SPLITS, "seg", "build.json", "README.txt")
     if out.exists() and not out.is_dir():
         raise TTDError(f"--out {out} is a file; choose a folder")
     present = [p for p in out.iterdir()] if out.is_dir() else []
@@ -600,6 +740,10 @@ def build_miniworld(
     missing = [k for k in range(config.min_objects, config.max_objects + 1) if k not in caption_grammar.templates]
     if missing:
         raise TTDError(f"caption grammar has no templates for {missing} object(s); lower --objects")
+    heldout_grammar = load_grammar(grammar, nouns, heldout=True) if config.test else caption_grammar
+    missing = [k for k in range(1, TEST_OBJECTS[1] + 1) if k not in heldout_grammar.templates]
+    if config.test and missing:
+        raise TTDError(f"caption grammar's 'heldout' section has no templates for {missing} object(s)")
     if config.min_objects > len(nouns):
         raise TTDError(f"--objects asks for at least {config.min_objects} distinct nouns but only {len(nouns)} are in use")
     if len(nouns) > 254:
@@ -608,10 +752,10 @@ def build_miniworld(
     _clear(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
 
-    init = (str(source), nouns, caption_grammar, config)
+    init = (str(source), nouns, (caption_grammar, heldout_grammar), config)
     start = time.perf_counter()
     for split in SPLITS:
-        _write_split(out, split, getattr(config, split), init, config, workers, progress)
+        _write_split(out, split, _split_size(config, split), init, config, workers, progress)
     seconds = time.perf_counter() - start
     for split in SPLITS:
         if (out / "seg" / split / "images").is_dir():
@@ -626,23 +770,28 @@ def build_miniworld(
         "vocabulary_sha256": hashlib.sha256(vocab_path.read_bytes()).hexdigest(),
         "grammar_sha256": hashlib.sha256(grammar_path.read_bytes()).hexdigest(),
         "nouns": [n.name for n in nouns],
-        "splits": {split: getattr(config, split) for split in SPLITS},
+        "splits": {split: _split_size(config, split) for split in SPLITS},
+        "heldout_files": {n.name: list(n.instances("heldout")) for n in nouns},
     }
     atomic_write_bytes(out / "README.txt", _readme(config, nouns).encode())
     save_json(build, out / "build.json")
-    total = config.train + config.val
+    total = sum(_split_size(config, split) for split in SPLITS)
     rate = total / max(seconds, 1e-9)
     return {"out": str(out), "images": total, "seconds": seconds, "images_per_s": rate, "nouns": len(nouns)}
 
 
 def _readme(config: MiniWorldConfig, nouns: Sequence[Noun]) -> str:
-    mask_splits = "train and val" if config.train_masks else "val only (built with --no-train-masks)"
+    mask_splits = "every split" if config.train_masks else "every split but train (built with --no-train-masks)"
+    augment = "augmented cut-outs (recoloured, rotated, stretched)" if config.augment else "unaugmented cut-outs"
     return f"""TTD mini-world ({FORMAT}), built by `ttd data miniworld` (docs/miniworld.md).
-{config.train} training and {config.val} validation images, {config.size}x{config.size} pixels,
-{config.min_objects}-{config.max_objects} clip-art objects each, {len(nouns)} nouns, seed {config.seed}.
-Same options and software versions give the same bytes in every file.
+{config.train} training and {config.val} validation images ({config.min_objects}-{config.max_objects} objects,
+{augment}, the training share of each noun's clip-art files), and {config.test} test images twice:
+test/ draws only each noun's held-out clip-art files (never in train or val), test-seen/ the same
+scenes with training files; both with {TEST_OBJECTS[0]}-{TEST_OBJECTS[1]} objects, a noun sometimes shown twice and
+named by its plural, and the caption wording of the grammar's 'heldout' section.
+{config.size}x{config.size} pixels, {len(nouns)} nouns, seed {config.seed}. Same options and software versions give the same bytes.
 
-train/ and val/
+train/, val/, test/ and test-seen/
   shards/NNNNN.tar      WebDataset shards as img2dataset writes them: KEY.jpg (image), KEY.txt (caption),
                         KEY.json (caption, tags, classes, objects with box/file/visibility) and
                         KEY.seg.png (uint8 class ids, as in seg/); {config.shard_size} samples per shard
@@ -651,13 +800,14 @@ train/ and val/
   tags.jsonl            multi-tag manifest, also the caption-mask manifest: {{"image", "caption",
                         "tags" (the depicted words, as written in the caption), "caption_mask", "tag_masks"}}
   masks/KEY_caption.png union of the depicted objects (0 = background, 1 = object)
-  masks/KEY_WORD.png    the visible part of the object named WORD (occlusion applied)
-seg/train/ and seg/val/ open-vocabulary segmentation set, generic layout:
+  masks/KEY_WORD.png    the visible part of the object(s) named WORD (occlusion applied)
+seg/SPLIT/              open-vocabulary segmentation set of each split, generic layout:
   images/KEY.png        the images, lossless
   masks/KEY.png         uint8 class ids: 0 = background, i = line i of classes.txt (255 = ignore, unused)
   classes.txt           one class per line from index 0 = background; synonyms comma-separated
 Masks and seg/ are written for {mask_splits}.
-build.json              the options, the clip-art source and digests of the vocabulary and grammar.
+build.json              the options, the clip-art source, digests of the vocabulary and grammar, and
+                        the held-out clip-art files of each noun.
 
 Clip art: Debian package openclipart-png (public domain). Backgrounds and captions: generated.
 """

@@ -20,6 +20,9 @@ from torch import nn
 __all__ = ["CLIPConfig", "CLIP", "config_from_state_dict"]
 
 
+POOLS = ("cls", "avg")
+
+
 @dataclass(frozen=True)
 class CLIPConfig:
     """Shapes of a ViT CLIP. Defaults are OpenAI's ViT-B/16."""
@@ -36,6 +39,11 @@ class CLIPConfig:
     text_layers: int = 12
     text_heads: int = 8
     quick_gelu: bool = True
+    pool: str = "cls"  # global image embedding: "cls" (OpenAI) or "avg" (mean of the patch tokens)
+
+    def __post_init__(self):
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; choose one of: {', '.join(POOLS)}")
 
     @property
     def grid_size(self) -> int:
@@ -128,6 +136,7 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(width, cfg.vision_layers, cfg.vision_heads, cfg.quick_gelu)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, cfg.embed_dim))
+        self.pool = cfg.pool
 
     def interpolated_positions(self, h: int, w: int) -> torch.Tensor:
         """Positional embedding for an h×w patch grid (bicubic; the identity at the trained size)."""
@@ -165,9 +174,20 @@ class VisionTransformer(nn.Module):
         """Final tokens → the joint embedding space (ln_post then the image projection)."""
         return self.ln_post(tokens) @ self.proj
 
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Last-block output tokens (B, 1 + h·w, width) → the global embedding (B, embed_dim).
+
+        ``avg`` pools the projected patch tokens (open_clip's ``pool_type="avg"``): the global
+        embedding is then the mean of the raw per-patch readout, which localises without any
+        dense supervision.
+        """
+        if self.pool == "avg":
+            return self.project(tokens[:, 1:]).mean(dim=1)
+        return self.project(tokens[:, 0])
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x, _ = self.trunk(images)
-        return self.project(self.last_block(x)[:, 0])
+        return self.pooled(self.last_block(x))
 
 
 class CLIP(nn.Module):

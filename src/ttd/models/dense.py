@@ -94,7 +94,7 @@ class DenseCLIP(nn.Module):
         visual = self.clip.visual
         x, (h, w) = visual.trunk(images)
         block = visual.last_block
-        global_emb = visual.project(block(x)[:, 0])
+        global_emb = visual.pooled(block(x))
         patches = visual.project(self.dense_tokens(block, x, (h, w))[:, 1:])
         dense = patches.transpose(1, 2).reshape(x.shape[0], -1, h, w)
         return F.normalize(global_emb, dim=-1), F.normalize(dense, dim=1)

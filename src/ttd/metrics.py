@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_reduce_sum", "average_precision", "TagMetrics", "ConfusionMatrix", "segmentation_scores"]
+__all__ = [
+    "all_reduce_sum", "average_precision", "TagMetrics", "ConfusionMatrix", "segmentation_scores", "TagCoverage",
+]  # fmt: skip
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -132,6 +134,13 @@ class ConfusionMatrix:
             )
         self.matrix += torch.bincount(target * k + prediction, minlength=k * k).view(k, k)
 
+    def state(self) -> torch.Tensor:
+        """Everything ``update`` accumulated, as one tensor (what evaluation checkpoints save)."""
+        return self.matrix
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.matrix = state.to(self.matrix.dtype).view_as(self.matrix).clone()
+
     def reduce(self) -> ConfusionMatrix:
         """Sum the counts over distributed ranks (a no-op without a process group)."""
         nccl = dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
@@ -166,3 +175,64 @@ def segmentation_scores(matrix: torch.Tensor) -> dict:
         "FNR": fnr.tolist(),
         "present": present.tolist(),
     }
+
+
+# --- single tag bias of caption maps ------------------------------------------------------------
+class TagCoverage:
+    """How evenly a caption's map covers the objects its caption names (docs/segmentation.md).
+
+    Per caption with at least two depicted tags that have masks: the *coverage* of each tag is
+    the share of its mask where the caption map is above the threshold (the caption
+    segmentation's prediction). The best-covered tag and the mean of the others are averaged
+    over captions; ``ratio`` = others / best (1: every object as lit as the best one; single tag
+    bias pulls it towards 0). Threshold-free: the mean map value on the tag with the highest
+    mean, on the other tags and on the background give ``contrast`` = (other − background) /
+    (best − background). ``background_on`` is the share of background pixels above the
+    threshold. Sums over captions, so the state reduces over ranks.
+    """
+
+    _FIELDS = ("captions", "best", "other", "best_mean", "other_mean", "background_mean", "background_on")
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(len(self._FIELDS), dtype=torch.float64)
+
+    def update(self, heatmap: torch.Tensor, prediction: torch.Tensor, tag_masks: list[torch.Tensor], background: torch.Tensor) -> None:
+        """One caption: its map (H, W) in [0, 1], the thresholded map (H, W) bool, one bool mask
+        per depicted tag, and the background mask (neither depicted nor ignored)."""
+        masks = [m for m in tag_masks if m.any()]
+        if len(masks) < 2:
+            return
+        heatmap, prediction = heatmap.double().cpu(), prediction.bool().cpu()
+        coverage = sorted((prediction[m].double().mean().item() for m in masks), reverse=True)
+        means = sorted((heatmap[m].mean().item() for m in masks), reverse=True)
+        has_background = bool(background.any())
+        self.sums += torch.tensor([
+            1.0, coverage[0], sum(coverage[1:]) / (len(coverage) - 1), means[0], sum(means[1:]) / (len(means) - 1),
+            heatmap[background].mean().item() if has_background else 0.0,
+            prediction[background].double().mean().item() if has_background else 0.0,
+        ], dtype=torch.float64)  # fmt: skip
+
+    def state(self) -> torch.Tensor:
+        return self.sums
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.sums = state.double().clone()
+
+    def compute(self) -> dict:
+        sums = all_reduce_sum(self.sums).tolist()
+        n = sums[0]
+        if not n:
+            return {"captions": 0}
+        c = dict(zip(self._FIELDS[1:], (v / n for v in sums[1:])))
+        spread = c["best_mean"] - c["background_mean"]
+        return {
+            "captions": int(n),
+            "best_coverage": c["best"],
+            "other_coverage": c["other"],
+            "ratio": c["other"] / c["best"] if c["best"] else float("nan"),
+            "contrast": (c["other_mean"] - c["background_mean"]) / spread if spread else float("nan"),
+            "best_mean": c["best_mean"],
+            "other_mean": c["other_mean"],
+            "background_mean": c["background_mean"],
+            "background_on": c["background_on"],
+        }

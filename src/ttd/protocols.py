@@ -26,6 +26,7 @@ PRESETS = ("tcl", "ttd", "sclip", "miniworld")
 TEMPLATE_SETS = ("tcl9", "openai80", "identity")
 BACKGROUND_RULES = ("threshold", "softmax")
 INTERPOLATIONS = ("bilinear", "bicubic")
+CAPTION_NORMALIZATIONS = ("none", "minmax")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Protocol:
     logit_scale: float = 40.0
     prob_threshold: float = 0.0
     area_threshold: float | None = None
+    caption_normalize: str = "none"  # "minmax": a caption map is min-max normalised per image before the threshold
     # PAMR refinement
     pamr: bool = False
     pamr_iterations: int = 10
@@ -86,6 +88,8 @@ def _validate(p: Protocol) -> None:
 
     if p.background not in BACKGROUND_RULES:
         fail("background", f"choose one of {', '.join(BACKGROUND_RULES)}")
+    if p.caption_normalize not in CAPTION_NORMALIZATIONS:
+        fail("caption_normalize", f"choose one of {', '.join(CAPTION_NORMALIZATIONS)}")
     if p.resize_interpolation not in INTERPOLATIONS:
         fail("resize_interpolation", f"choose one of {', '.join(INTERPOLATIONS)}")
     for knob in ("short_side", "max_long_side", "crop_size", "stride"):
@@ -119,7 +123,7 @@ _INT_TUPLES = {"pamr_dilations"}
 _OPTIONAL_INTS = {"short_side", "max_long_side", "crop_size", "stride"}
 _FLOATS = {"background_threshold", "logit_scale", "prob_threshold", "pamr_scale"}
 _BOOLS = {"flip", "synonyms", "pamr"}
-_STRINGS = {"name", "description", "resize_interpolation", "templates", "background", "dataset"}
+_STRINGS = {"name", "description", "resize_interpolation", "templates", "background", "dataset", "caption_normalize"}
 
 
 def _scalar(value):

@@ -26,7 +26,7 @@ from .pamr import pamr
 from .protocols import Protocol, load_protocol
 from .vocabulary import Vocabulary
 
-__all__ = ["Segmentation", "CaptionSegmentation", "Segmenter", "window_boxes", "apply_background_rule"]
+__all__ = ["Segmentation", "CaptionSegmentation", "Segmenter", "window_boxes", "apply_background_rule", "normalize_caption_map"]
 
 
 @dataclass
@@ -239,5 +239,15 @@ class Segmenter:
         threshold = self.protocol.background_threshold if threshold is None else float(threshold)
         with torch.no_grad():
             text = self.model.encode_text([caption])
-        heat = self.query_scores(image, text, calibrated=True)[0].clamp(0, 1)
+        heat = normalize_caption_map(self.query_scores(image, text, calibrated=True)[0].clamp(0, 1), self.protocol.caption_normalize)
         return CaptionSegmentation((heat > threshold).cpu(), heat.cpu(), caption, threshold)
+
+
+def normalize_caption_map(heatmap: torch.Tensor, mode: str) -> torch.Tensor:
+    """A caption map as the protocol's ``caption_normalize`` wants it before the threshold:
+    unchanged (``none``), or min-max normalised over the image (``minmax``, the
+    weakly-supervised-segmentation convention: the map's own peak becomes 1)."""
+    if mode == "none":
+        return heatmap
+    low, high = heatmap.min(), heatmap.max()
+    return (heatmap - low) / (high - low).clamp(min=1e-6)

@@ -127,14 +127,16 @@ def evaluation_loop(
     figure_dir: str | os.PathLike | None = None,
 ) -> float:
     """Run ``predict(sample) -> (prediction, target)`` over this process's shard of ``dataset``,
-    adding each pair to ``metric`` (a ConfusionMatrix), resuming from and saving ``checkpoint``;
+    adding each pair to ``metric`` (``update``, and ``state``/``load_state`` for the checkpoint:
+    a ConfusionMatrix or any metric with that interface), resuming from and saving ``checkpoint``;
     the main process saves ``figure(sample, prediction)`` for its first ``figures`` samples.
     Returns the seconds spent; the caller reduces the metric."""
     indices = ctx.shard(list(range(len(dataset)))[:limit])
     done = 0
     state = checkpoint.load() if checkpoint is not None else None
     if state is not None:
-        metric.matrix, done = state
+        saved, done = state
+        metric.load_state(saved)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices[done:]), batch_size=None, num_workers=workers, collate_fn=_identity
     )
@@ -149,8 +151,8 @@ def evaluation_loop(
             figure(sample, prediction).save(Path(figure_dir) / f"{sample.name.replace('/', '_')}.png")
         bar.update(1)
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            checkpoint.save(metric.matrix, step + 1)
+            checkpoint.save(metric.state(), step + 1)
     bar.close()
     if checkpoint is not None:
-        checkpoint.save(metric.matrix, len(indices))
+        checkpoint.save(metric.state(), len(indices))
     return time.perf_counter() - start

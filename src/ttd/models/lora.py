@@ -338,10 +338,11 @@ def _check_base(model: DenseCLIP, meta: dict, where: Path) -> None:
             f"pass --dense {meta['dense']}"
         )
     mine = {k: v for k, v in model.config.to_dict().items() if k != "quick_gelu"}
+    theirs = {**type(model.config)().to_dict(), **meta["clip_config"]}  # fields added since it was saved: defaults
     for key, value in mine.items():
-        if meta["clip_config"].get(key) != value:
+        if theirs.get(key) != value:
             raise TTDError(
-                f"adapter {where} needs a base model with {key}={meta['clip_config'].get(key)} "
+                f"adapter {where} needs a base model with {key}={theirs.get(key)} "
                 f"(trained on {meta['base']!r}) but the model has {key}={value}"
             )
     if meta["finetune"] == "lora" and meta["base_fingerprint"] != base_fingerprint(model):

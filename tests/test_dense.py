@@ -133,3 +133,16 @@ def test_batched_text_equals_one_by_one(tiny_model):
 def test_unknown_variant_lists_known_ones():
     with pytest.raises(ValueError, match="unknown dense variant 'segclip'; choose one of: clip, maskclip"):
         dense_variant("segclip")
+
+
+def test_average_pooled_global_embedding_is_the_mean_of_the_raw_patch_readout(tiny_model):
+    model = tiny_model("clip", pool="avg")
+    images = torch.randn(2, 3, 32, 32)
+    visual = model.clip.visual
+    x, _ = visual.trunk(images)
+    patches = visual.project(visual.last_block(x)[:, 1:])  # the raw readout, before normalisation
+    global_emb, dense = model.encode_image(images)
+    assert torch.allclose(global_emb, torch.nn.functional.normalize(patches.mean(dim=1), dim=-1), atol=1e-6)
+    assert torch.allclose(model.clip.encode_image(images, normalize=True), global_emb, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown pool 'max'"):
+        tiny_model(pool="max")

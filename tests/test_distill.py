@@ -108,3 +108,19 @@ def test_distances_match_references():
     assert torch.allclose(distance(p, t, "bce"), bce, atol=1e-6)
     with pytest.raises(ValueError, match="unknown distance 'huber'"):
         distance(p, t, "huber")
+
+
+def test_balanced_tag_average_weighs_selected_and_unselected_halves():
+    from ttd.distill import tag_loss
+
+    maps = torch.tensor([0.2, 0.4, 0.6, 0.8]).view(1, 4, 1, 1).expand(1, 4, 2, 2).clone()
+    targets = torch.zeros_like(maps)
+    selected = torch.tensor([[True, False, False, False]])
+    errors = maps[0, :, 0, 0] ** 2  # MSE against 0
+    assert tag_loss(maps, targets, kind="mse").item() == pytest.approx(errors.mean().item())
+    balanced = tag_loss(maps, targets, kind="mse", selected=selected, average="balanced").item()
+    assert balanced == pytest.approx(0.5 * errors[0].item() + 0.5 * errors[1:].mean().item())
+    everything = torch.ones_like(selected)  # one group only: it takes the whole weight
+    assert tag_loss(maps, targets, kind="mse", selected=everything, average="balanced").item() == pytest.approx(errors.mean().item())
+    with pytest.raises(ValueError, match="needs the selection"):
+        tag_loss(maps, targets, average="balanced")

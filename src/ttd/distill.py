@@ -20,11 +20,13 @@ __all__ = [
     "distance",
     "distill_loss",
     "tag_loss",
+    "TAG_AVERAGES",
     "TTDLoss",
     "ttd_loss",
 ]
 
 DISTANCES = ("l1", "mse", "bce")
+TAG_AVERAGES = ("all", "balanced")
 
 
 def minmax_normalize(maps: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -85,20 +87,36 @@ def tag_loss(
     targets: torch.Tensor,
     valid: torch.Tensor | None = None,
     kind: str = "mse",
+    selected: torch.Tensor | None = None,
+    average: str = "all",
 ) -> torch.Tensor:
     """Eq. 5: ``L_tag = mean_k mean_p d(H_k(p), sg[Ĥ_k(p)])`` per image, averaged over the batch.
 
     The mean over k covers the image's valid candidates only; an image without candidates adds 0
     (the batch mean still counts it, so per-process means average to the global batch mean).
+    ``average="balanced"`` (with ``selected``): the image's selected and unselected tags weigh
+    one half each instead of one share per tag, so a caption's many undepicted words (pushed
+    towards 0) do not outweigh its few depicted ones; an image with one group only gives it all.
     """
     if valid is None:
         valid = torch.ones(tag_heatmaps.shape[:2], dtype=torch.bool, device=tag_heatmaps.device)
     if tag_heatmaps.shape[0] == 0:
         return tag_heatmaps.sum() * 0.0
     per_tag = distance(tag_heatmaps, targets.detach(), kind).flatten(2).mean(dim=-1)  # (B, N)
-    per_tag = per_tag * valid
-    per_image = per_tag.sum(dim=1) / valid.sum(dim=1).clamp_min(1)
-    return per_image.mean()
+    if average == "all":
+        return _group_mean(per_tag, valid).mean()
+    if average != "balanced" or selected is None:
+        raise ValueError(f"tag average must be one of {', '.join(TAG_AVERAGES)} ('balanced' needs the selection)")
+    on, off = valid & selected, valid & ~selected
+    has_on, has_off = on.any(dim=1), off.any(dim=1)
+    weight_on = torch.where(has_off, 0.5, 1.0) * has_on
+    weight_off = torch.where(has_on, 0.5, 1.0) * has_off
+    return (weight_on * _group_mean(per_tag, on) + weight_off * _group_mean(per_tag, off)).mean()
+
+
+def _group_mean(per_tag: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean of ``per_tag`` (B, N) over ``members`` (0 for an empty group)."""
+    return (per_tag * members).sum(dim=1) / members.sum(dim=1).clamp_min(1)
 
 
 class TTDLoss(NamedTuple):
@@ -117,17 +135,19 @@ def ttd_loss(
     tag_weight: float = 1.0,
     distill_weight: float = 1.0,
     eps: float = 1e-6,
+    tag_average: str = "all",
 ) -> TTDLoss:
     """``L = w_distill·L_distill + λ·L_tag`` (METHOD §5; both weights 1 by default).
 
     ``caption_heatmap`` (B, h, w) and ``tag_heatmaps`` (B, N, h, w) carry gradients; ``selected``
     (B, N) bool marks the tags chosen in step 1; ``valid`` (B, N) marks real (non-padding) tags.
-    Setting a weight to 0 gives the paper's "L_tag only" / "L_distill only" ablations.
+    Setting a weight to 0 gives the paper's "L_tag only" / "L_distill only" ablations;
+    ``tag_average`` is :func:`tag_loss`'s ``average``.
     """
     if valid is not None:
         selected = selected & valid
     targets = tag_targets(tag_heatmaps, selected, eps)
     union = union_mask(targets)
     l_distill = distill_loss(caption_heatmap, union, kind)
-    l_tag = tag_loss(tag_heatmaps, targets, valid, kind)
+    l_tag = tag_loss(tag_heatmaps, targets, valid, kind, selected, tag_average)
     return TTDLoss(distill_weight * l_distill + tag_weight * l_tag, l_distill, l_tag, union)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .distill import DISTANCES, ttd_loss
+from .distill import DISTANCES, TAG_AVERAGES, ttd_loss
 from .errors import TTDError
 from .models.dense import DenseCLIP
 from .models.lora import adapters_disabled
@@ -127,11 +127,14 @@ class TTDObjective:
         tag_weight: float = 1.0,
         eps: float = 1e-6,
         teacher: str = "online",
+        tag_average: str = "all",
     ):
         if teacher not in TEACHERS:
             raise TTDError(f"unknown teacher {teacher!r}; choose one of: {', '.join(TEACHERS)}")
         if scorer not in TAG_SCORERS:
             raise TTDError(f"unknown tag scorer {scorer!r}; choose one of: {', '.join(TAG_SCORERS)}")
+        if tag_average not in TAG_AVERAGES:
+            raise TTDError(f"unknown tag average {tag_average!r}; choose one of: {', '.join(TAG_AVERAGES)}")
         if distance not in DISTANCES:
             raise TTDError(f"unknown distance {distance!r}; choose one of: {', '.join(DISTANCES)}")
         if score_norm not in NORMALIZATIONS:
@@ -140,7 +143,7 @@ class TTDObjective:
         self.scorer, self.tau, self.score_norm, self.keep_argmax = scorer, tau, score_norm, keep_argmax
         self.tag_template, self.distance = tag_template, distance
         self.distill_weight, self.tag_weight, self.eps = distill_weight, tag_weight, eps
-        self.teacher, self._frozen = teacher, None
+        self.teacher, self._frozen, self.tag_average = teacher, None, tag_average
 
     def prepare(self, model: DenseCLIP) -> None:
         """Called by the trainer before any update: keep a frozen copy when one is needed."""
@@ -181,7 +184,8 @@ class TTDObjective:
                 scores = TAG_SCORERS[self.scorer](SelectionInputs(batch.captions, tags, *seen, self.score_norm))
                 selected = select_tags(scores, self.tau, self.keep_argmax, tags.valid.to(scores.device))
             valid = tags.valid.to(selected.device)
-            out = ttd_loss(caption_map, tag_maps, selected, valid, self.distance, self.tag_weight, self.distill_weight, self.eps)
+            out = ttd_loss(caption_map, tag_maps, selected, valid, self.distance, self.tag_weight, self.distill_weight, self.eps,
+                           self.tag_average)
         metrics = {
             "l_distill": out.distill.detach(),
             "l_tag": out.tag.detach(),

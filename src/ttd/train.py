@@ -500,6 +500,7 @@ def ttd_objective(config: TrainConfig):
         tag_weight=config.tag_weight,
         eps=config.minmax_eps,
         teacher=config.teacher,
+        tag_average=config.tag_average,
     )
 
 

@@ -68,6 +68,10 @@ class TrainConfig:
     distance: str = _opt("mse", "distance d of Eq. 4-5", ("l1", "mse", "bce"))
     distill_weight: float = _opt(1.0, "weight of L_distill (Eq. 4); 0 = the 'L_tag only' ablation")
     tag_weight: float = _opt(1.0, "λ, weight of L_tag (Eq. 5); 0 = the 'L_distill only' ablation")
+    tag_average: str = _opt(
+        "all", "L_tag's mean over a caption's tags: all (one share per tag) or balanced (selected and unselected: half each)",
+        ("all", "balanced"),
+    )
     minmax_eps: float = _opt(1e-6, "ε of the min-max normalisation of selected tag heatmaps")
     # what is trained
     finetune: str = _opt("lora", "lora: adapters (+ calibration); full: every weight", ("lora", "full"))

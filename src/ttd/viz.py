@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "MIN_SIZE", "palette", "enlarge", "wrap_text", "text_block", "overlay", "legend", "with_legend", "panels",
-    "colorize_heatmap", "colorbar", "heatmap_grid", "score_bars",
+    "stack", "colorize_heatmap", "colorbar", "heatmap_grid", "score_bars",
 ]
 
 IGNORE_COLOR = (255, 255, 255)
@@ -164,7 +164,8 @@ def legend(
     return img
 
 
-def _stack(parts: Sequence[Image.Image]) -> Image.Image:
+def stack(parts: Sequence[Image.Image]) -> Image.Image:
+    """Images one below the other, left-aligned, on white."""
     out = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), WHITE)
     y = 0
     for part in parts:
@@ -176,7 +177,7 @@ def _stack(parts: Sequence[Image.Image]) -> Image.Image:
 def with_legend(image: Image.Image, names: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> Image.Image:
     """``image`` (enlarged when small) with a legend below it."""
     image = enlarge(image.convert("RGB"))
-    return _stack([image, legend(names, colors, image.width)])
+    return stack([image, legend(names, colors, image.width)])
 
 
 def _titles(titles: Sequence[str], width: int, font_size: int) -> tuple[list[list[str]], int]:
@@ -233,21 +234,21 @@ def colorbar(height: int, font_size: int = 13, bar_width: int = 16) -> Image.Ima
 
 
 def heatmap_grid(
-    image: Image.Image | None,
+    image: Image.Image,
     heatmaps: torch.Tensor | np.ndarray,
     titles: Sequence[str],
     columns: int = 4,
     alpha: float = 0.6,
     cell: int = MIN_SIZE,
+    show_image: bool = True,
 ) -> Image.Image:
     """The image beside each heatmap (N, H, W) blended over it, in a titled grid with a colour
-    bar; ``image=None`` leaves the image cell out."""
+    bar (``show_image=False`` leaves the plain image's cell out)."""
     heatmaps = np.asarray(heatmaps.cpu() if isinstance(heatmaps, torch.Tensor) else heatmaps)
-    source = image if image is not None else Image.new("RGB", heatmaps.shape[-1:-3:-1], (128, 128, 128))
-    scale = cell / max(source.size)
-    size = (max(1, round(source.width * scale)), max(1, round(source.height * scale)))
-    base = source.convert("RGB").resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
-    cells = [("image", base)] if image is not None else []
+    scale = cell / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    base = image.convert("RGB").resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
+    cells = [("image", base)] if show_image else []
     for title, heat in zip(titles, heatmaps):
         tint = Image.fromarray(colorize_heatmap(heat)).resize(size, Image.BILINEAR)
         cells.append((title, Image.blend(base, tint, alpha)))

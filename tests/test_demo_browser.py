@@ -107,6 +107,15 @@ def test_an_empty_caption_gets_a_message_on_the_page(page):
     caption.clear()
     caption.send_keys(" ")
     page.find_element(By.CSS_SELECTOR, "#run").click()
-    WebDriverWait(page, WAIT).until(lambda d: "Error" in _text(d, "#status"))
-    assert "type a caption (or class names)" in _text(page, "#status")
+    WebDriverWait(page, WAIT).until(lambda d: "type a caption" in _text(d, "#status"))
+    assert _text(page, "#status") == "Error: type a caption (or class names) to look for in the image"
+    assert "Traceback" not in page.page_source
+
+
+def test_an_unreadable_upload_gets_a_message_on_the_page(page, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG")
+    page.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(broken))
+    WebDriverWait(page, WAIT).until(lambda d: "cannot read image" in _text(d, "#status"))
+    assert _text(page, "#status").startswith("Error: cannot read image")
     assert "Traceback" not in page.page_source

@@ -338,6 +338,9 @@ def run_demo(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> 
     """Serve the page until interrupted; ``share`` also opens a public gradio.live link."""
     demo = build_demo()
     try:
-        demo.launch(server_name=host, server_port=port, share=share, ssr_mode=False)
+        _, url, share_url = demo.launch(server_name=host, server_port=port, share=share, ssr_mode=False, quiet=True,
+                                        prevent_thread_lock=True)
     except OSError as err:
-        raise TTDError(f"cannot serve on {host}:{port}: {str(err).splitlines()[0]} (pass another --port)") from None
+        raise TTDError(f"cannot serve on {host}:{port}: {str(err).split('. ')[0]}; pass another --port") from None
+    print(f"ttd demo: {url}" + (f" and {share_url}" if share_url else "") + " (Ctrl+C stops it)", flush=True)
+    demo.block_thread()

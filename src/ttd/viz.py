@@ -139,7 +139,7 @@ def legend(
     entries = []
     for name, color in zip(names, colors):
         lines = wrap_text(name, text_room, font_size)
-        entries.append((lines, color, swatch + PAD + max(map(lambda t: _text_width(t, font), lines)) + 2 * PAD))
+        entries.append((lines, color, swatch + PAD + max(_text_width(t, font) for t in lines) + 2 * PAD))
     rows, row, used = [], [], 0
     for entry in entries:
         if row and used + entry[2] > width - PAD:

@@ -45,25 +45,26 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     """The demo served on a free local port, and a headless Chromium looking at it."""
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    os.environ["TTD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     from ttd.demo import build_demo
 
-    demo = build_demo()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                            ssr_mode=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        driver.get(url)
-        WebDriverWait(driver, WAIT).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#run"))
-        yield driver
-    finally:
-        driver.quit()
-        demo.close()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        env.setenv("TTD_CACHE", str(tmp_path_factory.mktemp("cache")))
+        demo = build_demo()
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
+                                quiet=True, ssr_mode=False)
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in FLAGS:
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        try:
+            driver.get(url)
+            WebDriverWait(driver, WAIT).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#run"))
+            yield driver
+        finally:
+            driver.quit()
+            demo.close()
 
 
 def _text(driver, selector: str) -> str:
@@ -97,6 +98,9 @@ def test_a_bundled_sample_gives_a_tag_table_and_heatmaps(page):
     assert "selected with TTD" in _text(page, "#status") and "pig" in _text(page, "#status")
     assert _image_width(page, "#caption-heatmap") >= 384  # the heatmaps of 64 px images, enlarged
     WebDriverWait(page, WAIT).until(lambda d: _image_width(d, "#segmentation") >= 384)
+    loaded = page.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    origin = page.current_url.rstrip("/")
+    assert loaded and all(u.startswith((origin, "data:", "blob:")) for u in loaded), "the page fetched from elsewhere"
     if os.environ.get("TTD_DEMO_SCREENSHOT"):  # how docs/images/demo.png is made
         page.save_screenshot(os.environ["TTD_DEMO_SCREENSHOT"])
     print(f"browser round trip: {time.perf_counter() - start:.1f} s")

@@ -18,7 +18,7 @@ install: $(BIN)/python
 
 dev: $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,nlp]'
+	$(BIN)/pip install --quiet -e '.[dev,nlp,demo]'
 
 quickstart: install
 	HF_HUB_OFFLINE=1 $(BIN)/ttd quickstart

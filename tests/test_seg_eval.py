@@ -166,7 +166,7 @@ def test_cli_segment_classes_and_text(tmp_path, fake_loader, capsys):
     printed = capsys.readouterr().out
     assert f"overlay written to {out}" in printed
     overlay = Image.open(out)
-    assert overlay.width == 48 and overlay.height > 36  # the legend below the image
+    assert overlay.size[0] == 8 * 48 and overlay.size[1] > 8 * 36  # enlarged 8x (nearest), legend below
     assert Image.open(tmp_path / "heat.png").width > 0
     assert ttd.cli.main(["segment", str(image), "--text", "a dog on the grass", "--out", str(out), "--set", *SMALL]) == 0
     assert "above 0.40" in capsys.readouterr().out

@@ -620,10 +620,25 @@ def _run_segment(args) -> int:
     return 0
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="a local web page: tags, heatmaps and segmentation before / after TTD (needs ttd[demo])")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link (off by default)")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.host, args.port, args.share)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttd", description="Text-Tag Self-Distillation for CLIP dense models")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_tags, _add_segment, _add_eval, _add_train, _add_pretrain, _add_data, _add_quickstart):
+    for add in (_add_info, _add_tags, _add_segment, _add_eval, _add_train, _add_pretrain, _add_data, _add_quickstart, _add_demo):
         add(sub)
     return parser
 

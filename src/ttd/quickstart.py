@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .data.manifest import ManifestRecord, read_manifest
 from .errors import TTDError
@@ -76,14 +76,14 @@ def _example_rows(picked, selections: dict, heatmaps: dict, targets) -> list[dic
     return rows
 
 
-def _figure(picked, heatmaps: dict, targets, rows: list[dict], cell: int = 160) -> Image.Image:
+def _figure(picked, heatmaps: dict, targets, rows: list[dict]) -> Image.Image:
     from .images import load_image
-    from .viz import heatmap_grid
+    from .viz import heatmap_grid, text_block
 
     blocks = []
     for i, record in enumerate(picked):
         maps = torch.stack([(targets[i] == 1).float(), heatmaps["before"][i].heatmap, heatmaps["after"][i].heatmap])
-        grid = heatmap_grid(load_image(record.image), maps, ["caption mask", "caption heatmap, before", "after TTD"], columns=4, cell=cell)
+        grid = heatmap_grid(load_image(record.image), maps, ["caption mask", "caption heatmap, before", "after TTD"], columns=4)
         r = rows[i]
         lines = [
             f"\"{record.caption}\"",
@@ -91,12 +91,10 @@ def _figure(picked, heatmaps: dict, targets, rows: list[dict], cell: int = 160) 
             f"selected before TTD: {', '.join(r['selected_before']) or '-'}   (object IoU {r['caption_iou_before']:.0f})",
             f"selected after TTD:  {', '.join(r['selected_after']) or '-'}   (object IoU {r['caption_iou_after']:.0f})",
         ]
-        text_h = 16 * len(lines) + 10
-        block = Image.new("RGB", (grid.width, grid.height + text_h), (255, 255, 255))
+        text = text_block(lines, grid.width)
+        block = Image.new("RGB", (grid.width, grid.height + text.height), (255, 255, 255))
         block.paste(grid, (0, 0))
-        draw = ImageDraw.Draw(block)
-        for k, line in enumerate(lines):
-            draw.text((4, grid.height + 4 + 16 * k), line, fill=(0, 0, 0))
+        block.paste(text, (0, grid.height))
         blocks.append(block)
     out = Image.new("RGB", (max(b.width for b in blocks), sum(b.height + 8 for b in blocks)), (255, 255, 255))
     y = 0

@@ -87,7 +87,7 @@ RUNS = (
 
 def register_noun_scorer() -> None:
     """The noun tagger as a TTD tag source: 1 for the words it tags as nouns, 0 otherwise."""
-    from ttd.objectives import TAG_SCORERS, register_tag_scorer
+    from ttd.method.objectives import TAG_SCORERS, register_tag_scorer
     from ttd.taggers import NounTagger
 
     if "nouns" in TAG_SCORERS:
@@ -127,7 +127,7 @@ def train_run(run: Run, args) -> dict:
 def run_config(run: Run, args):
     """The run's training config; refuses a run folder trained with other settings (its cached
     adapter and figures would silently stand for the wrong experiment)."""
-    from ttd.train_config import load_config
+    from ttd.config import load_config
 
     out = args.runs / run.name
     settings = dict(
@@ -167,7 +167,7 @@ def auc_scores(model, records, scorings, batch_size: int) -> dict[str, float]:
     """Threshold-free: ROC AUC of every scoring's scores, depicted vs absent, over all decisions."""
     from sklearn.metrics import roc_auc_score
 
-    from ttd.tags import TagSelector, clean_word
+    from ttd.method.tags import TagSelector, clean_word
 
     selector = TagSelector(model)
     scores = {s: [] for s in scorings}

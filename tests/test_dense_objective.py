@@ -20,7 +20,7 @@ from ttd.cli import main
 from ttd.data.pairs import PairLoader, preprocess_labels
 from ttd.errors import TTDError
 from ttd.models.tokenizer import tokenize
-from ttd.objectives import DenseLabelObjective, patch_labels
+from ttd.method.objectives import DenseLabelObjective, patch_labels
 
 torch.set_num_threads(1)
 

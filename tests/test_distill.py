@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ttd.distill import distance, distill_loss, minmax_normalize, tag_loss, tag_targets, ttd_loss, union_mask
+from ttd.method.distill import distance, distill_loss, minmax_normalize, tag_loss, tag_targets, ttd_loss, union_mask
 
 
 def maps(*rows):

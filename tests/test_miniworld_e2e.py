@@ -22,7 +22,7 @@ from ttd.evaluate.miniworld import SAMPLES_MANIFEST
 from ttd.models import load_model
 from ttd.models.lora import load_adapter
 from ttd.quickstart import pick_samples
-from ttd.tags import candidate_tags
+from ttd.method.tags import candidate_tags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from extract_miniworld_samples import choose, extract  # noqa: E402

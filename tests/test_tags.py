@@ -15,7 +15,7 @@ from ttd.errors import TTDError
 from ttd.images import preprocess
 from ttd.metrics import TagMetrics
 from ttd.models import CLIPConfig, tokenize
-from ttd.tags import (
+from ttd.method.tags import (
     TagScore,
     TagSelector,
     candidate_tags,

@@ -18,10 +18,10 @@ from ttd.cli import main
 from ttd.data.pairs import PairLoader
 from ttd.errors import TTDError
 from ttd.models.lora import load_adapter
-from ttd.objectives import ContrastiveObjective, TTDObjective, batch_tags
-from ttd.tags import select_tags
+from ttd.method.objectives import ContrastiveObjective, TTDObjective, batch_tags
+from ttd.method.tags import select_tags
 from ttd.train import Trainer, latest_checkpoint, resolve_config, train
-from ttd.train_config import TrainConfig, load_config
+from ttd.config import TrainConfig, load_config
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
@@ -125,7 +125,7 @@ def test_two_processes_match_one(tmp_path):
         f"sys.path.insert(0, {str(TESTS)!r})\n"
         "from train_helpers import tiny_model\n"
         "from ttd.train import train\n"
-        "from ttd.train_config import load_config\n"
+        "from ttd.config import load_config\n"
         f"cfg = load_config(data={str(manifest)!r}, out={str(tmp_path / 'two')!r}, image_size=32, workers=0, "
         f"lr=3e-3, tensorboard=False, **{kw!r})\n"
         "train(cfg, model=tiny_model(), progress=False)\n"
@@ -306,7 +306,7 @@ def test_prune_manifest_and_shards_agree_and_resume(tmp_path):
 
 def test_frozen_teacher_selects_with_the_weights_before_training():
     from ttd.models.lora import inject_lora, set_trainable
-    from ttd.objectives import TAG_SCORERS, register_tag_scorer
+    from ttd.method.objectives import TAG_SCORERS, register_tag_scorer
 
     seen = []
     register_tag_scorer("spy", lambda inp: seen.append(inp.tag_cosines) or TAG_SCORERS["pixel"](inp))

@@ -100,7 +100,7 @@ def _add_tags(sub) -> None:
 
 
 def _run_tags(args) -> int:
-    from .tags import TagSelector, check_scorings
+    from .method.tags import TagSelector, check_scorings
 
     scorings = check_scorings(_comma_list(args.scoring))
     model = load_model_from_args(args)
@@ -147,7 +147,7 @@ def _add_eval_tags(eval_sub) -> None:
 def _run_eval_tags(args) -> int:
     from .data.manifest import read_manifest
     from .evaluate.tags import evaluate_tags, tags_table, write_tags_report
-    from .tags import check_scorings
+    from .method.tags import check_scorings
     from .taggers import TAGGERS, create_tagger
 
     scorers = check_scorings(_comma_list(args.scorers)) if _comma_list(args.scorers) else ()
@@ -178,7 +178,7 @@ def _add_eval(sub) -> None:
 
 def _add_run_flags(p: argparse.ArgumentParser, skip: tuple) -> None:
     """The flags `ttd train` and `ttd pretrain` share, then one flag per config key not in ``skip``."""
-    from .train_config import add_config_flags
+    from .config import add_config_flags
 
     p.add_argument("--config", default=None, help="YAML file of config keys (flags win)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -188,7 +188,7 @@ def _add_run_flags(p: argparse.ArgumentParser, skip: tuple) -> None:
 
 
 def _add_train(sub) -> None:
-    from .train_config import PRETRAIN_ONLY
+    from .config import PRETRAIN_ONLY
 
     p = sub.add_parser(
         "train",
@@ -202,7 +202,7 @@ def _add_train(sub) -> None:
 
 def _run_train(args) -> int:
     from .train import resolve_config, train
-    from .train_config import config_overrides
+    from .config import config_overrides
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume)
     result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
@@ -214,7 +214,7 @@ def _run_train(args) -> int:
 
 
 def _add_pretrain(sub) -> None:
-    from .train_config import TTD_ONLY
+    from .config import TTD_ONLY
 
     p = sub.add_parser(
         "pretrain",
@@ -229,7 +229,7 @@ def _add_pretrain(sub) -> None:
 
 def _run_pretrain(args) -> int:
     from .train import pretrain, resolve_config
-    from .train_config import config_overrides
+    from .config import config_overrides
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume, defaults={"out": "runs/pretrain"})
     clip_config = _read_clip_config(args.clip_config) if args.clip_config else None

@@ -23,7 +23,7 @@ from .data.manifest import ManifestRecord, read_manifest
 from .errors import TTDError
 from .evaluate.miniworld import EMBEDDED_ADAPTER, EMBEDDED_MODEL, SAMPLES_MANIFEST, miniworld_protocol
 from .io import atomic_write_bytes, markdown_table, save_json
-from .tags import TagSelector, clean_word
+from .method.tags import TagSelector, clean_word
 
 __all__ = ["QuickstartResult", "pick_samples", "run_quickstart"]
 

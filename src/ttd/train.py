@@ -1,7 +1,7 @@
 """The training loop: one or many processes (``torchrun``), exact checkpoint/resume, logging.
 
 The loop is generic over an *objective* (``(model, batch) -> (loss, metrics)``, see
-:mod:`ttd.objectives`); TTD (:func:`train`) is one objective and CLIP pretraining another.
+:mod:`ttd.method.objectives`); TTD (:func:`train`) is one objective and CLIP pretraining another.
 
 ``pretrain`` runs CLIP's contrastive objective from random weights with the same machinery.
 
@@ -45,7 +45,7 @@ import torch.distributed as dist
 from .errors import TTDError
 from .io import atomic_write_bytes, default_device
 from .models.dense import DenseCLIP
-from .train_config import TrainConfig, config_to_yaml, load_config
+from .config import TrainConfig, config_to_yaml, load_config
 
 __all__ = [
     "TrainConfig",
@@ -487,7 +487,7 @@ def _in_main_thread() -> bool:
 
 
 def ttd_objective(config: TrainConfig):
-    from .objectives import TTDObjective
+    from .method.objectives import TTDObjective
 
     return TTDObjective(
         scorer=config.scorer,
@@ -506,7 +506,7 @@ def ttd_objective(config: TrainConfig):
 def dense_label_objective(config: TrainConfig):
     """InfoNCE + the dense class loss; class names from ``config.dense_classes`` (a classes.txt:
     line i names class id i, first name per line) or the mini-world vocabulary."""
-    from .objectives import DenseLabelObjective
+    from .method.objectives import DenseLabelObjective
 
     if config.dense_classes:
         path = Path(config.dense_classes)
@@ -574,7 +574,7 @@ def pretrain(
     from .io import save_json
     from .models import CLIPConfig, create_model
     from .models.weights import save_weights
-    from .objectives import ContrastiveObjective
+    from .method.objectives import ContrastiveObjective
 
     config = dataclasses.replace(config, finetune="full")
     saved_arch = Path(config.out) / "clip_config.json"

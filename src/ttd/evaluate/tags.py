@@ -18,7 +18,7 @@ from ..data.manifest import ManifestRecord
 from ..errors import TTDError
 from ..io import markdown_table, save_json
 from ..metrics import TagMetrics
-from ..tags import SCORINGS, TagSelector, check_scorings, clean_word, select_tags, tag_candidates
+from ..method.tags import SCORINGS, TagSelector, check_scorings, clean_word, select_tags, tag_candidates
 from ..taggers import Tagger
 
 __all__ = ["SCORER_LABELS", "evaluate_tags", "tags_table", "write_tags_report"]

@@ -80,7 +80,7 @@ class TrainConfig:
     calibration_lr: float | None = _opt(
         None, "peak learning rate of the calibration w, b (default: lr); Adam moves each scalar by about lr per step"
     )
-    # pretraining only: auxiliary dense objective from object masks (ttd.objectives.DenseLabelObjective)
+    # pretraining only: auxiliary dense objective from object masks (ttd.method.objectives.DenseLabelObjective)
     dense_weight: float = _opt(0.0, "pretrain: weight of the per-patch class loss on the shards' object masks (0: plain InfoNCE)")
     dense_classes: str = _opt("", "pretrain: classes.txt naming the masks' class ids (default: the mini-world vocabulary)")
     # bookkeeping

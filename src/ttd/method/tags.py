@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import TTDError
+from ..errors import TTDError
 
 __all__ = [
     "SCORINGS",
@@ -108,7 +108,7 @@ def tag_prompt(word: str, template: str | None = None) -> str:
 
 
 def _warn_if_truncated(text: str, what: str, context_length: int) -> None:
-    from .models.tokenizer import count_tokens
+    from ..models.tokenizer import count_tokens
 
     n = count_tokens(text)
     if n > context_length:
@@ -263,7 +263,7 @@ class TagSelector:
         The same path (or the same object) given twice is encoded once."""
         from PIL import Image
 
-        from .images import load_image, preprocess
+        from ..images import load_image, preprocess
 
         if isinstance(images, torch.Tensor):
             if images.ndim == 3:

@@ -21,11 +21,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..errors import TTDError
+from ..models.dense import DenseCLIP
+from ..models.lora import adapters_disabled
+from ..models.tokenizer import tokenize
 from .distill import DISTANCES, ttd_loss
-from .errors import TTDError
-from .models.dense import DenseCLIP
-from .models.lora import adapters_disabled
-from .models.tokenizer import tokenize
 from .tags import NORMALIZATIONS, candidate_tags, check_template, image_tag_scores, pixel_tag_scores, select_tags, tag_prompt
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""The paper's method: candidate tags and scorers, selection, the composite mask and losses, the objective."""

@@ -63,9 +63,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def load_model_from_args(args):
     """The dense model (plus adapter) the shared model flags describe, in eval mode."""
+    from .distributed import process_device
     from .models import load_model
 
-    model = load_model(args.model, dense=args.dense, device=args.device, quick_gelu=args.quick_gelu)
+    device = process_device(args.device)  # under torchrun: this process's GPU
+    model = load_model(args.model, dense=args.dense, device=str(device), quick_gelu=args.quick_gelu)
     if args.adapter:
         from .models.lora import load_adapter
 
@@ -475,27 +477,9 @@ def _require(args, *names: str) -> None:
             raise TTDError(f"--{name} is required (unless --print-protocol)")
 
 
-def _start_eval(args):
-    """Join torchrun's process group (if any) and load the model on this process's device."""
-    from .evaluate.runtime import init_distributed
-
-    ctx = init_distributed(args.device)
-    if ctx.world_size > 1 and args.device is None:
-        import torch
-
-        args.device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
-    return ctx, load_model_from_args(args)
-
-
-def _finish_eval(ctx) -> None:
-    import torch.distributed as dist
-
-    if ctx.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _run_eval_seg(args) -> int:
     from .data.segmentation import load_segmentation_dataset
+    from .distributed import is_main_process
     from .evaluate.segmentation import evaluate_segmentation, segmentation_markdown
 
     protocol = _resolve_protocol(args, args.dataset)
@@ -503,21 +487,19 @@ def _run_eval_seg(args) -> int:
         return 0
     _require(args, "root", "out")
     dataset = load_segmentation_dataset(args.dataset, args.root)
-    ctx, model = _start_eval(args)
-    try:
-        result = evaluate_segmentation(
-            model, dataset, protocol, args.out, method=_method_label(args), limit=args.limit, figures=args.figures,
-            window_batch=args.window_batch, use_cache=args.use_cache, resume=args.resume, workers=args.workers, ctx=ctx,
-        )
-    finally:
-        _finish_eval(ctx)
-    if ctx.is_main:
+    result = evaluate_segmentation(
+        load_model_from_args(args), dataset, protocol, args.out, method=_method_label(args), limit=args.limit,
+        figures=args.figures, window_batch=args.window_batch, use_cache=args.use_cache, resume=args.resume,
+        workers=args.workers,
+    )
+    if is_main_process():
         print(segmentation_markdown(result), end="")
         print(f"results written to {args.out}")
     return 0
 
 
 def _run_eval_caption(args) -> int:
+    from .distributed import is_main_process
     from .evaluate.caption import CaptionMaskDataset, caption_markdown, evaluate_captions
 
     protocol = _resolve_protocol(args)
@@ -525,15 +507,11 @@ def _run_eval_caption(args) -> int:
         return 0
     _require(args, "data", "out")
     dataset = CaptionMaskDataset.from_manifest(args.data)
-    ctx, model = _start_eval(args)
-    try:
-        result = evaluate_captions(
-            model, dataset, protocol, args.out, threshold=args.threshold, method=_method_label(args), limit=args.limit,
-            figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers, ctx=ctx,
-        )
-    finally:
-        _finish_eval(ctx)
-    if ctx.is_main:
+    result = evaluate_captions(
+        load_model_from_args(args), dataset, protocol, args.out, threshold=args.threshold, method=_method_label(args),
+        limit=args.limit, figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers,
+    )
+    if is_main_process():
         print(caption_markdown(result), end="")
         print(f"results written to {args.out}")
     return 0

@@ -35,24 +35,24 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import TTDError
-from .io import atomic_write_bytes, default_device
-from .models.dense import DenseCLIP
 from .config import TrainConfig, config_to_yaml, load_config
+from .distributed import Distributed, is_main_process, reduce_gradients
+from .errors import TTDError
+from .io import atomic_write_bytes
+from .models.dense import DenseCLIP
 
 __all__ = [
     "TrainConfig",
     "load_config",
     "config_to_yaml",
     "WarmupCosine",
-    "Distributed",
     "Trainer",
     "TrainResult",
     "train",
@@ -77,75 +77,6 @@ class WarmupCosine:
             return (step + 1) / (self.warmup + 1)
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# --- processes --------------------------------------------------------------------------------
-@dataclass
-class Distributed:
-    """This process's place in a (possibly one-process) run; started from torchrun's variables."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @classmethod
-    def setup(cls, device: str | None = None) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        if world > 1 and device in (None, "cuda") and torch.cuda.is_available():
-            device = f"cuda:{local_rank}"  # one GPU per process
-        dev = default_device(device)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        owns = False
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-            owns = True
-        if dist.is_initialized():
-            rank, world = dist.get_rank(), dist.get_world_size()
-        return cls(rank, world, local_rank, dev, owns)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1 and dist.is_initialized()
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def reduce_gradients(params: list[torch.nn.Parameter], weight: float, extra: list[float], dist_env: Distributed) -> list[float]:
-    """Make every process's gradients ``Σ_r w_r·g_r / Σ_r w_r`` with ONE all-reduce.
-
-    ``weight`` is this process's sample count; a parameter keeps no gradient only when it has
-    none on every process. ``extra`` values are summed alongside; returned with ``Σ w`` first.
-    """
-    if not dist_env.active:
-        return [weight, *extra]
-    device = params[0].device
-    chunks = [p.grad.flatten().float() * weight if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params]
-    flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
-    tail = torch.tensor([weight, *extra], dtype=torch.float32, device=device)
-    flat = torch.cat([*chunks, flags, tail])
-    dist.all_reduce(flat)
-    sums = flat[-len(tail) :].tolist()
-    total = max(sums[0], 1e-12)
-    offset = 0
-    for p, has in zip(params, flat[-len(tail) - len(params) : -len(tail)].tolist()):
-        n = p.numel()
-        p.grad = (flat[offset : offset + n] / total).view_as(p).to(p.dtype) if has else None
-        offset += n
-    return sums
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -537,7 +468,7 @@ def resolve_config(
     config = load_config(path, base=base, **overrides)
     if resume:
         changed = [k for k, v in config.to_dict().items() if base.to_dict()[k] != v]
-        if changed and int(os.environ.get("RANK", "0")) == 0:
+        if changed and is_main_process():
             print(f"ttd: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
     return config
 

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..data.manifest import ManifestRecord, read_manifest
 from ..data.segmentation import IGNORE_INDEX, read_label
+from ..distributed import Distributed, owns_process_group
 from ..errors import TTDError
 from ..images import load_image
 from ..io import markdown_table
@@ -29,7 +30,7 @@ from ..metrics import ConfusionMatrix
 from ..protocols import Protocol
 from ..segment import Segmenter
 from ..viz import overlay, panels, with_legend
-from .runtime import DistContext, evaluation_loop, open_checkpoint, write_result
+from .runtime import evaluation_loop, open_checkpoint, write_result
 
 __all__ = ["CaptionMaskDataset", "evaluate_captions", "caption_markdown"]
 
@@ -85,6 +86,7 @@ def _figure(sample: CaptionSample, prediction: torch.Tensor) -> Image.Image:
     return with_legend(figure, [sample.caption], [COLORS[1]])
 
 
+@owns_process_group
 def evaluate_captions(
     model,
     dataset: CaptionMaskDataset,
@@ -99,11 +101,10 @@ def evaluate_captions(
     resume: bool = True,
     checkpoint_every: int = 25,
     workers: int = 0,
-    ctx: DistContext | None = None,
+    ctx: Distributed | None = None,
     progress: bool = True,
 ) -> dict:
     """CaptionIoU (%), mFPR and mFNR of the thresholded caption heatmaps over ``dataset``."""
-    ctx = ctx or DistContext()
     segmenter = Segmenter(model, protocol, window_batch=window_batch)
     metric = ConfusionMatrix(len(CLASSES))
     key = {"task": "caption", "records": len(dataset), "limit": limit, "threshold": threshold,
@@ -123,7 +124,7 @@ def evaluate_captions(
         "task": "caption segmentation",
         "method": method,
         "records": min(len(dataset), limit) if limit is not None else len(dataset),
-        "processes": ctx.world_size,
+        "processes": ctx.world,
         "threshold": threshold,
         "CaptionIoU": round(100.0 * scores["mIoU"], 2),
         "mFPR": round(scores["mFPR"], 4),

@@ -18,9 +18,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..distributed import gather_with_grad
 from ..errors import TTDError
 from ..models.dense import DenseCLIP
 from ..models.lora import adapters_disabled
@@ -193,21 +193,6 @@ class TTDObjective:
         return out.total, metrics
 
 
-def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All processes' rows (gradients flow back to their owners) and this process's offset."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x, 0
-    from torch.distributed.nn.functional import all_gather
-
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-    sizes = [int(s) for s in sizes]
-    padded = F.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))  # all_gather needs equal shapes
-    parts = all_gather(padded)
-    rank = dist.get_rank()
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sum(sizes[:rank])
-
-
 class ContrastiveObjective:
     """CLIP's symmetric InfoNCE over the global batch (negatives gathered from every process).
 
@@ -225,8 +210,8 @@ class ContrastiveObjective:
     def loss(model: DenseCLIP, image: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """InfoNCE of normalised image embeddings (B, C) against the captions' embeddings."""
         text = model.encode_tokens(tokenize(captions, model.config.context_length))
-        all_image, offset = _gather_with_grad(image)
-        all_text, _ = _gather_with_grad(text)
+        all_image, offset = gather_with_grad(image)
+        all_text, _ = gather_with_grad(text)
         scale = model.clip.logit_scale.exp().clamp(max=100)
         labels = torch.arange(offset, offset + image.shape[0], device=image.device)
         loss = (F.cross_entropy(scale * image @ all_text.T, labels) + F.cross_entropy(scale * text @ all_image.T, labels)) / 2

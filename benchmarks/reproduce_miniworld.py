@@ -109,7 +109,8 @@ def register_noun_scorer() -> None:
 # --- training ---------------------------------------------------------------------------------
 def train_run(run: Run, args) -> dict:
     """Train (or resume, or skip when finished) one adapter; returns its path and wall time."""
-    from ttd.train import latest_checkpoint, train
+    from ttd.checkpoints import latest_checkpoint
+    from ttd.train import train
 
     out = args.runs / run.name
     adapter, timing = out / "adapter.safetensors", out / "wall.json"

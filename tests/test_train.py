@@ -15,13 +15,14 @@ from safetensors.torch import load_file
 from train_helpers import make_pairs, tiny_model, write_manifest, write_shards
 
 from ttd.cli import main
+from ttd.checkpoints import latest_checkpoint
+from ttd.config import TrainConfig, load_config, resolve_config
 from ttd.data.pairs import PairLoader
 from ttd.errors import TTDError
-from ttd.models.lora import load_adapter
 from ttd.method.objectives import ContrastiveObjective, TTDObjective, batch_tags
 from ttd.method.tags import select_tags
-from ttd.train import Trainer, latest_checkpoint, resolve_config, train
-from ttd.config import TrainConfig, load_config
+from ttd.models.lora import load_adapter
+from ttd.train import Trainer, train
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"

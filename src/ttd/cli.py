@@ -203,8 +203,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .train import resolve_config, train
-    from .config import config_overrides
+    from .config import config_overrides, resolve_config
+    from .train import train
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume)
     result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
@@ -230,8 +230,8 @@ def _add_pretrain(sub) -> None:
 
 
 def _run_pretrain(args) -> int:
-    from .train import pretrain, resolve_config
-    from .config import config_overrides
+    from .config import config_overrides, resolve_config
+    from .train import pretrain
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume, defaults={"out": "runs/pretrain"})
     clip_config = _read_clip_config(args.clip_config) if args.clip_config else None

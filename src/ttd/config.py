@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import TTDError
 
-__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_config", "config_to_yaml", "add_config_flags", "config_overrides"]
+__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_config", "resolve_config", "config_to_yaml", "add_config_flags", "config_overrides"]
 
 DEFAULT_MODEL = "ViT-B-16/openai"
 # keys that mean nothing to `ttd pretrain` (random weights, every weight trained, InfoNCE)
@@ -178,6 +179,31 @@ def load_config(path: str | os.PathLike | None = None, base: TrainConfig | None 
     for key, value in updates.items():
         values[key] = _coerce(key, value, hints[key])
     return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+
+def resolve_config(
+    path: str | os.PathLike | None, overrides: dict, resume: bool = False, defaults: dict | None = None
+) -> TrainConfig:
+    """The configuration of one ``ttd train`` call: the defaults (updated by ``defaults``; on
+    ``resume``, the run's saved configuration), then the YAML file at ``path``, then the flags in
+    ``overrides``."""
+    from .checkpoints import latest_checkpoint
+    from .distributed import is_main_process
+
+    fresh = load_config(**(defaults or {}))
+    base = fresh
+    if resume:
+        out = overrides.get("out") or load_config(path, base=fresh).out
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            raise TTDError(f"no checkpoint under {out} to resume; drop --resume to start a new run")
+        base = load_config(checkpoint / "config.yaml")
+    config = load_config(path, base=base, **overrides)
+    if resume:
+        changed = [k for k, v in config.to_dict().items() if base.to_dict()[k] != v]
+        if changed and is_main_process():
+            print(f"ttd: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+    return config
 
 
 def config_to_yaml(config: TrainConfig) -> str:

@@ -16,10 +16,12 @@ import copy
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..config import TrainConfig
 from ..distributed import gather_with_grad
 from ..errors import TTDError
 from ..models.dense import DenseCLIP
@@ -38,6 +40,8 @@ __all__ = [
     "ContrastiveObjective",
     "DenseLabelObjective",
     "patch_labels",
+    "ttd_objective",
+    "dense_label_objective",
 ]
 
 
@@ -305,3 +309,35 @@ class DenseLabelObjective:
             dense_loss, accuracy = self.dense_loss(model, dense.float(), batch.labels, batch.label_words)
         metrics.update(l_contrastive=contrastive.detach(), l_dense=dense_loss.detach(), dense_acc=accuracy.detach())
         return contrastive + self.weight * dense_loss, metrics
+
+
+# --- construction from a training configuration ---------------------------------------------
+def ttd_objective(config: TrainConfig) -> TTDObjective:
+    """The TTD objective with the settings of ``config``."""
+    return TTDObjective(
+        scorer=config.scorer,
+        tau=config.tau,
+        score_norm=config.score_norm,
+        keep_argmax=config.keep_argmax,
+        tag_template=config.tag_template,
+        distance=config.distance,
+        distill_weight=config.distill_weight,
+        tag_weight=config.tag_weight,
+        eps=config.minmax_eps,
+        teacher=config.teacher,
+    )
+
+
+def dense_label_objective(config: TrainConfig) -> DenseLabelObjective:
+    """InfoNCE + the dense class loss; class names from ``config.dense_classes`` (a classes.txt:
+    line i names class id i, first name per line) or the mini-world vocabulary."""
+    if config.dense_classes:
+        path = Path(config.dense_classes)
+        if not path.is_file():
+            raise TTDError(f"dense_classes file not found: {path}")
+        names = [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from ..data.miniworld import load_vocabulary
+
+        names = ["background", *(noun.name for noun in load_vocabulary())]
+    return DenseLabelObjective(names, config.dense_weight)

@@ -19,8 +19,8 @@ from ttd.checkpoints import latest_checkpoint
 from ttd.config import TrainConfig, load_config, resolve_config
 from ttd.data.pairs import PairLoader
 from ttd.errors import TTDError
-from ttd.method.objectives import ContrastiveObjective, TTDObjective, batch_tags
-from ttd.method.tags import select_tags
+from ttd.method.objectives import ContrastiveObjective, TTDObjective
+from ttd.method.tags import TagSelection, batch_tags, select_tags
 from ttd.models.lora import load_adapter
 from ttd.train import Trainer, train
 
@@ -196,7 +196,7 @@ def test_tag_selection_helpers():
 @pytest.mark.parametrize("scorer", ["pixel", "image"])
 def test_objective_runs_with_either_scorer_and_empty_captions(scorer):
     batch = next(iter(_batch_of(["a red dot.", "!!!"])))
-    loss, metrics = TTDObjective(scorer=scorer, tag_template="a photo of a {}.")(tiny_model(), batch)
+    loss, metrics = TTDObjective(TagSelection(scorer=scorer, template="a photo of a {}."))(tiny_model(), batch)
     loss.backward()
     assert torch.isfinite(loss) and metrics["candidates"].item() == 1.5
 
@@ -314,13 +314,13 @@ def test_frozen_teacher_selects_with_the_weights_before_training():
     try:
         batch = next(_batch_of(["a red dot on a blue background.", "a green stripe."]))
         base = tiny_model()
-        TTDObjective(scorer="spy")(base, batch)
+        TTDObjective(TagSelection(scorer="spy"))(base, batch)
         for finetune in ("lora", "full"):
             model = tiny_model()
             if finetune == "lora":
                 inject_lora(model)
             set_trainable(model, finetune)
-            frozen, online = TTDObjective(scorer="spy", teacher="frozen"), TTDObjective(scorer="spy")
+            frozen, online = TTDObjective(TagSelection(scorer="spy"), teacher="frozen"), TTDObjective(TagSelection(scorer="spy"))
             frozen.prepare(model)
             with torch.no_grad():  # what training would do: every trainable weight moves
                 for p in model.parameters():

@@ -81,11 +81,17 @@ def _comma_list(text: str) -> list[str]:
 
 def _add_tag_selection_args(p: argparse.ArgumentParser) -> None:
     """Options of TTD step 1 shared by `ttd tags` and `ttd eval tags`."""
-    p.add_argument("--threshold", type=float, default=0.5, help="select a tag when its score >= this (default 0.5)")
+    p.add_argument("--tau", type=float, default=0.5, help="select a tag when its score >= tau (default 0.5)")
     p.add_argument("--normalize", default="softmax", choices=["softmax", "minmax", "none"], help="score normalisation across tags")
     p.add_argument("--keep-argmax", action="store_true", help="always select the best-scoring tag")
     p.add_argument("--stopwords", action="store_true", help="drop English stop words from the candidates")
     p.add_argument("--template", default=None, help="prompt for each tag, e.g. 'a photo of a {}.' (default: the raw word)")
+
+
+def _tag_selection(args, scorer: str):
+    from .method.tags import TagSelection
+
+    return TagSelection(scorer, args.tau, args.normalize, args.keep_argmax, args.stopwords, args.template)
 
 
 def _add_tags(sub) -> None:
@@ -106,13 +112,11 @@ def _run_tags(args) -> int:
 
     scorings = check_scorings(_comma_list(args.scoring))
     model = load_model_from_args(args)
-    selector = TagSelector(
-        model, scorings[0], args.threshold, args.normalize, args.keep_argmax, args.stopwords, args.template
-    )
-    scored = selector.score_batch([args.image], [args.caption], scorings)
+    selection = _tag_selection(args, scorings[0])
+    scored = TagSelector(model, selection).score_batch([args.image], [args.caption], scorings)
     words = scored.words[0]
     scores = {name: scored.row(name, 0).tolist() for name in scorings}
-    chosen = {name: selector.decide(scored.row(name, 0)).tolist() for name in scorings}
+    chosen = {name: selection.decide(scored.row(name, 0)).tolist() for name in scorings}
     selected = {name: [w for w, keep in zip(words, chosen[name]) if keep] for name in scorings}
     if args.json:
         candidates = [
@@ -127,7 +131,7 @@ def _run_tags(args) -> int:
         cells = (f"{scores[n][k]:>9.4f}{'*' if chosen[n][k] else ' '}" for n in scorings)
         print(f"{w:<{width}}  " + "  ".join(cells))
     for name in scorings:
-        print(f"selected ({name}, threshold {args.threshold:g}): {', '.join(selected[name]) or '(none)'}")
+        print(f"selected ({name}, threshold {args.tau:g}): {', '.join(selected[name]) or '(none)'}")
     return 0
 
 
@@ -162,8 +166,7 @@ def _run_eval_tags(args) -> int:
     records = read_manifest(args.data)
     model = load_model_from_args(args) if scorers else None
     result = evaluate_tags(
-        records, model, scorers, taggers, args.threshold, args.normalize, args.keep_argmax,
-        args.stopwords, args.template, args.batch_size, manifest=args.data,
+        records, model, scorers, taggers, _tag_selection(args, "pixel"), args.batch_size, manifest=args.data
     )
     json_path, md_path = write_tags_report(result, args.out)
     print(tags_table(result), end="")

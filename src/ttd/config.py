@@ -20,12 +20,14 @@ __all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_co
 DEFAULT_MODEL = "ViT-B-16/openai"
 # keys that mean nothing to `ttd pretrain` (random weights, every weight trained, InfoNCE)
 TTD_ONLY = (
-    "model", "quick_gelu", "teacher", "scorer", "tau", "score_norm", "keep_argmax", "tag_template", "distance",
+    "model", "quick_gelu", "teacher", "scorer", "tau", "normalize", "keep_argmax", "template", "distance",
     "distill_weight", "tag_weight", "minmax_eps", "finetune", "lora_rank", "lora_alpha", "lora_dropout",
     "lora_targets", "lora_towers", "train_calibration", "calibration_lr",
 )
 # keys that mean nothing to `ttd train` (the auxiliary dense objective of pretraining)
 PRETRAIN_ONLY = ("dense_weight", "dense_classes")
+# old names in the config.yaml of runs saved before the knobs took one name each, so they resume
+_RENAMED = {"score_norm": "normalize", "tag_template": "template"}
 
 
 def _opt(default, help: str, choices: tuple | None = None):
@@ -63,9 +65,9 @@ class TrainConfig:
     teacher: str = _opt("online", "who selects the tags: online (the current model) or frozen (the model before training)", ("online", "frozen"))
     scorer: str = _opt("pixel", "tag scorer of the selection: pixel (Eq. 2) or image (Eq. 1)")
     tau: float = _opt(0.5, "selection threshold τ on the tag scores")
-    score_norm: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))
+    normalize: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))
     keep_argmax: bool = _opt(False, "always select each caption's best-scoring tag")
-    tag_template: str = _opt("{}", "prompt of a tag, e.g. 'a photo of a {}.' ({} = the raw word)")
+    template: str = _opt("{}", "prompt of a tag, e.g. 'a photo of a {}.' ({} = the raw word)")
     distance: str = _opt("mse", "distance d of Eq. 4-5", ("l1", "mse", "bce"))
     distill_weight: float = _opt(1.0, "weight of L_distill (Eq. 4); 0 = the 'L_tag only' ablation")
     tag_weight: float = _opt(1.0, "λ, weight of L_tag (Eq. 5); 0 = the 'L_distill only' ablation")
@@ -119,7 +121,14 @@ class TrainConfig:
         except ValueError as err:
             raise TTDError(str(err)) from None
         self.lora_config()  # validates rank, dropout, targets, towers
+        self.selection()  # validates the template
         return self
+
+    def selection(self):
+        """The settings of TTD step 1 (:class:`ttd.method.tags.TagSelection`)."""
+        from .method.tags import TagSelection
+
+        return TagSelection(self.scorer, self.tau, self.normalize, self.keep_argmax, template=self.template)
 
     def lora_config(self):
         from .models.lora import LoRAConfig
@@ -171,7 +180,8 @@ def load_config(path: str | os.PathLike | None = None, base: TrainConfig | None 
             raise TTDError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(loaded, dict):
             raise TTDError(f"config file {path} must hold a mapping of keys to values")
-        updates.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        keys = (str(k).replace("-", "_") for k in loaded)
+        updates.update({_RENAMED.get(k, k): v for k, v in zip(keys, loaded.values())})
     updates.update(overrides)
     unknown = sorted(set(updates) - set(hints))
     if unknown:

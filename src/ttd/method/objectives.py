@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +29,12 @@ from ..models.dense import DenseCLIP
 from ..models.lora import adapters_disabled
 from ..models.tokenizer import tokenize
 from .distill import DISTANCES, ttd_loss
-from .tags import NORMALIZATIONS, candidate_tags, check_template, image_tag_scores, pixel_tag_scores, select_tags, tag_prompt
+from .tags import TagBatch, TagSelection, batch_tags, candidate_tags, image_tag_scores, pixel_tag_scores
 
 __all__ = [
-    "TagBatch",
     "SelectionInputs",
     "TAG_SCORERS",
     "register_tag_scorer",
-    "batch_tags",
     "TTDObjective",
     "ContrastiveObjective",
     "DenseLabelObjective",
@@ -43,30 +42,6 @@ __all__ = [
     "ttd_objective",
     "dense_label_objective",
 ]
-
-
-@dataclass
-class TagBatch:
-    """The candidate tags of a batch of captions, padded: ``words[b][k]`` is embedded as
-    ``unique[index[b, k]]`` where ``valid[b, k]``; padding sits after each row's tags."""
-
-    words: list[list[str]]
-    unique: list[str]
-    index: torch.Tensor  # (B, N) long
-    valid: torch.Tensor  # (B, N) bool
-
-
-def batch_tags(captions: Sequence[str], tagger: Callable[[str], list[str]] = candidate_tags) -> TagBatch:
-    words = [tagger(c) for c in captions]
-    unique = list(dict.fromkeys(w for row in words for w in row))
-    position = {w: i for i, w in enumerate(unique)}
-    width = max((len(row) for row in words), default=0)
-    index = torch.zeros(len(words), width, dtype=torch.long)
-    valid = torch.zeros(len(words), width, dtype=torch.bool)
-    for b, row in enumerate(words):
-        index[b, : len(row)] = torch.tensor([position[w] for w in row], dtype=torch.long)
-        valid[b, : len(row)] = True
-    return TagBatch(words, unique, index, valid)
 
 
 @dataclass
@@ -78,12 +53,12 @@ class SelectionInputs:
     global_emb: torch.Tensor  # (B, C)  f(I)
     tag_emb: torch.Tensor  # (B, N, C) g(t_k)
     tag_cosines: torch.Tensor  # (B, N, h, w) cos_{t_k}(p)
-    norm: str  # score normalisation across tags: softmax | minmax | none
+    normalize: str  # score normalisation across tags: softmax | minmax | none
 
 
 def _pixel_scores(inp: SelectionInputs) -> torch.Tensor:
     """Eq. 2, per location across tags, then the maximum over locations."""
-    return pixel_tag_scores(inp.tag_cosines, inp.norm, inp.tags.valid.to(inp.tag_cosines.device))
+    return pixel_tag_scores(inp.tag_cosines, inp.normalize, inp.tags.valid.to(inp.tag_cosines.device))
 
 
 def _image_scores(inp: SelectionInputs) -> torch.Tensor:
@@ -91,7 +66,7 @@ def _image_scores(inp: SelectionInputs) -> torch.Tensor:
     scores = torch.zeros(inp.tag_emb.shape[:2], device=inp.tag_emb.device)
     for b, n in enumerate(inp.tags.valid.sum(dim=1).tolist()):
         if n:
-            scores[b, :n] = image_tag_scores(inp.global_emb[b], inp.tag_emb[b, :n], inp.norm).float()
+            scores[b, :n] = image_tag_scores(inp.global_emb[b], inp.tag_emb[b, :n], inp.normalize).float()
     return scores
 
 
@@ -115,17 +90,14 @@ class TTDObjective:
     that same pass (no gradient, no second pass; with LoRA dropout above 0 the selection sees the
     dropped-out pass). ``teacher="frozen"``: the model as it was before training selects, in an
     extra pass without gradient (adapters switched off; a frozen copy under full fine-tuning).
+    ``selection``: the settings of step 1; its scorer is one of :data:`TAG_SCORERS`.
     """
 
     metrics = ("l_distill", "l_tag", "selected", "candidates", "calibration_w", "calibration_b")
 
     def __init__(
         self,
-        scorer: str = "pixel",
-        tau: float = 0.5,
-        score_norm: str = "softmax",
-        keep_argmax: bool = False,
-        tag_template: str = "{}",
+        selection: TagSelection | None = None,
         distance: str = "mse",
         distill_weight: float = 1.0,
         tag_weight: float = 1.0,
@@ -134,15 +106,12 @@ class TTDObjective:
     ):
         if teacher not in TEACHERS:
             raise TTDError(f"unknown teacher {teacher!r}; choose one of: {', '.join(TEACHERS)}")
-        if scorer not in TAG_SCORERS:
-            raise TTDError(f"unknown tag scorer {scorer!r}; choose one of: {', '.join(TAG_SCORERS)}")
+        selection = selection or TagSelection()
+        if selection.scorer not in TAG_SCORERS:
+            raise TTDError(f"unknown tag scorer {selection.scorer!r}; choose one of: {', '.join(TAG_SCORERS)}")
         if distance not in DISTANCES:
             raise TTDError(f"unknown distance {distance!r}; choose one of: {', '.join(DISTANCES)}")
-        if score_norm not in NORMALIZATIONS:
-            raise TTDError(f"unknown score normalisation {score_norm!r}; choose one of: {', '.join(NORMALIZATIONS)}")
-        check_template(tag_template)
-        self.scorer, self.tau, self.score_norm, self.keep_argmax = scorer, tau, score_norm, keep_argmax
-        self.tag_template, self.distance = tag_template, distance
+        self.selection, self.distance = selection, distance
         self.distill_weight, self.tag_weight, self.eps = distill_weight, tag_weight, eps
         self.teacher, self._frozen = teacher, None
 
@@ -162,12 +131,12 @@ class TTDObjective:
 
     def __call__(self, model: DenseCLIP, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         context = model.config.context_length
-        tags = batch_tags(batch.captions)
+        tags = batch_tags(batch.captions, partial(candidate_tags, stopwords=self.selection.stopwords))
         global_emb, dense = model.encode_image(batch.images)
         caption_emb = model.encode_tokens(tokenize(batch.captions, context))
         index = tags.index.to(model.device)
         # tags are short: one call, padded only to the longest tag of the batch
-        tag_tokens = tokenize([tag_prompt(t, self.tag_template) for t in tags.unique] or [""], context)
+        tag_tokens = tokenize([self.selection.prompt(t) for t in tags.unique] or [""], context)
         tag_emb = model.encode_tokens(tag_tokens)[index]
         if self.teacher == "frozen":
             teacher_seen = self._teacher_pass(model, batch.images, tag_tokens, index)
@@ -182,8 +151,9 @@ class TTDObjective:
                     seen = global_emb.detach().float(), tag_emb.detach(), tag_cosines.detach()
                 else:
                     seen = tuple(t.float() for t in teacher_seen)
-                scores = TAG_SCORERS[self.scorer](SelectionInputs(batch.captions, tags, *seen, self.score_norm))
-                selected = select_tags(scores, self.tau, self.keep_argmax, tags.valid.to(scores.device))
+                s = self.selection
+                scores = TAG_SCORERS[s.scorer](SelectionInputs(batch.captions, tags, *seen, s.normalize))
+                selected = s.decide(scores, tags.valid.to(scores.device))
             valid = tags.valid.to(selected.device)
             out = ttd_loss(caption_map, tag_maps, selected, valid, self.distance, self.tag_weight, self.distill_weight, self.eps)
         metrics = {
@@ -315,11 +285,7 @@ class DenseLabelObjective:
 def ttd_objective(config: TrainConfig) -> TTDObjective:
     """The TTD objective with the settings of ``config``."""
     return TTDObjective(
-        scorer=config.scorer,
-        tau=config.tau,
-        score_norm=config.score_norm,
-        keep_argmax=config.keep_argmax,
-        tag_template=config.tag_template,
+        config.selection(),
         distance=config.distance,
         distill_weight=config.distill_weight,
         tag_weight=config.tag_weight,

@@ -1,5 +1,12 @@
 """Candidate tags of a caption and TTD step 1: tag scoring and selection (METHOD §3–§4).
 
+* candidates: every word of the caption (:func:`candidate_tags`), padded per batch (:func:`batch_tags`);
+* scores: ``s_image`` (Eq. 1, :func:`image_tag_scores`), ``s_pixel`` (Eq. 2, :func:`pixel_tag_scores`),
+  ``s_text`` (Eq. 7, :func:`text_tag_scores`), normalised across the candidates (:func:`normalize_scores`);
+* selection: ``s(t_k) ≥ τ`` (:func:`select_tags`), with every setting in one frozen
+  :class:`TagSelection` that the selector, the training objective, the Table 2 evaluation and the
+  training configuration share.
+
 The score functions are pure tensor functions of embeddings, so training (online selection with
 the current model) and evaluation share one definition. :class:`TagSelector` runs them on a model
 for many captions at once: every image of a batch goes through ONE ``encode_image`` call, every
@@ -13,8 +20,8 @@ import os
 import re
 import string
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -26,9 +33,12 @@ from ..errors import TTDError
 __all__ = [
     "SCORINGS",
     "NORMALIZATIONS",
+    "TagBatch",
+    "TagSelection",
     "TagScore",
     "TagScores",
     "TagSelector",
+    "batch_tags",
     "candidate_tags",
     "check_scorings",
     "check_template",
@@ -55,11 +65,15 @@ def clean_word(word: str) -> str:
     return _PUNCT.sub("", word.lower())
 
 
-def candidate_tags(caption: str) -> list[str]:
+def candidate_tags(caption: str, stopwords: bool = False) -> list[str]:
     """The paper's candidates: every whitespace word, lower-cased, punctuation stripped,
-    duplicates removed (first occurrence kept), stop words kept."""
+    duplicates removed (first occurrence kept), stop words kept unless ``stopwords``."""
     words = (clean_word(w) for w in caption.split())
-    return list(dict.fromkeys(w for w in words if w))
+    words = list(dict.fromkeys(w for w in words if w))
+    if stopwords:
+        stop = english_stopwords()
+        words = [w for w in words if w not in stop]
+    return words
 
 
 @lru_cache(maxsize=1)
@@ -75,20 +89,41 @@ def _quote(text: str, limit: int = 60) -> str:
 
 
 def tag_candidates(caption: str, stopwords: bool = False) -> list[str]:
-    """:func:`candidate_tags`, optionally without :func:`english_stopwords`.
+    """:func:`candidate_tags` of user input, checked: a caption must be a string with words.
 
     A caption without any word (empty, only punctuation) is an error; a caption made only of stop
     words has no candidates under ``stopwords=True`` (an empty list, not an error).
     """
     if not isinstance(caption, str):
         raise TTDError(f"a caption must be a string, got {type(caption).__name__}")
-    words = candidate_tags(caption)
-    if not words:
+    if not candidate_tags(caption):
         raise TTDError(f"caption {_quote(caption)} has no words to tag (empty or only punctuation); give a caption with words")
-    if stopwords:
-        stop = english_stopwords()
-        words = [w for w in words if w not in stop]
-    return words
+    return candidate_tags(caption, stopwords)
+
+
+@dataclass
+class TagBatch:
+    """The candidate tags of a batch of captions, padded: ``words[b][k]`` is embedded as
+    ``unique[index[b, k]]`` where ``valid[b, k]``; padding sits after each row's tags."""
+
+    words: list[list[str]]
+    unique: list[str]
+    index: torch.Tensor  # (B, N) long
+    valid: torch.Tensor  # (B, N) bool
+
+
+def batch_tags(captions: Sequence[str], tagger: Callable[[str], list[str]] = candidate_tags) -> TagBatch:
+    """The candidates of every caption, each distinct word once (embed ``unique``, then index)."""
+    words = [tagger(c) for c in captions]
+    unique = list(dict.fromkeys(w for row in words for w in row))
+    position = {w: i for i, w in enumerate(unique)}
+    width = max((len(row) for row in words), default=0)
+    index = torch.zeros(len(words), width, dtype=torch.long)
+    valid = torch.zeros(len(words), width, dtype=torch.bool)
+    for b, row in enumerate(words):
+        index[b, : len(row)] = torch.tensor([position[w] for w in row], dtype=torch.long)
+        valid[b, : len(row)] = True
+    return TagBatch(words, unique, index, valid)
 
 
 def check_template(template: str | None) -> None:
@@ -192,6 +227,45 @@ def select_tags(
     return selected
 
 
+# --- the settings of a selection -------------------------------------------------------------
+@dataclass(frozen=True)
+class TagSelection:
+    """Every setting of step 1, one object: built once (from flags, a config or keywords) and
+    handed to :class:`TagSelector`, the training objective and the Table 2 evaluation, so the
+    knobs have one name and one check everywhere.
+
+    ``scorer``: the score that decides (``pixel``, Eq. 2, by default). ``tau``: τ, a tag is
+    selected when its score ≥ τ. ``normalize``: across the candidates, ``softmax`` at CLIP's logit
+    scale 100 (default), ``minmax`` or ``none``. ``keep_argmax``: also keep each caption's best tag.
+    ``stopwords``: drop :func:`english_stopwords` from the candidates. ``template``: the prompt of a
+    tag, e.g. ``"a photo of a {}."`` (``None`` or ``"{}"``: the raw word, the paper's choice).
+    """
+
+    scorer: str = "pixel"
+    tau: float = 0.5
+    normalize: str = "softmax"
+    keep_argmax: bool = False
+    stopwords: bool = False
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise TTDError(f"unknown score normalisation {self.normalize!r}; choose softmax, minmax or none")
+        check_template(self.template)
+        object.__setattr__(self, "tau", float(self.tau))
+
+    def candidates(self, caption: str) -> list[str]:
+        """The candidates of one caption under these settings (an error for a caption without words)."""
+        return tag_candidates(caption, self.stopwords)
+
+    def prompt(self, word: str) -> str:
+        return tag_prompt(word, self.template)
+
+    def decide(self, scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The selection rule applied to scores (…, N)."""
+        return select_tags(scores, self.tau, self.keep_argmax, valid)
+
+
 # --- running the scores on a model ----------------------------------------------------------
 @dataclass(frozen=True)
 class TagScore:
@@ -221,40 +295,18 @@ class TagScores:
 class TagSelector:
     """TTD step 1 on a dense model: score the candidate tags of captions and select the depicted ones.
 
-    ``scoring``: ``pixel`` (Eq. 2, default), ``image`` (Eq. 1), ``text`` (Eq. 7) or ``image-text``
-    (the difference ``s_image − s_text``). ``normalize``: ``softmax`` (at CLIP's logit scale 100,
-    default), ``minmax`` or ``none``. ``threshold`` τ and ``keep_argmax`` decide the selection;
-    ``stopwords`` drops :func:`english_stopwords` from the candidates; ``template`` (e.g.
-    ``"a photo of a {}."``) prompts each tag, the raw word by default. Images may be PIL images,
+    ``selection`` (or its fields as keywords, e.g. ``TagSelector(model, scorer="image", tau=0.3)``)
+    holds the settings; its ``scorer`` may be ``pixel`` (Eq. 2), ``image`` (Eq. 1), ``text``
+    (Eq. 7) or ``image-text`` (the difference ``s_image − s_text``). Images may be PIL images,
     paths, or preprocessed tensors (3, H, W); PIL images and paths are preprocessed with
     :func:`ttd.images.preprocess` at ``image_size`` (the model's own by default).
     """
 
-    def __init__(
-        self,
-        model,
-        scoring: str = "pixel",
-        threshold: float = 0.5,
-        normalize: str = "softmax",
-        keep_argmax: bool = False,
-        stopwords: bool = False,
-        template: str | None = None,
-        image_size: int | None = None,
-    ):
+    def __init__(self, model, selection: TagSelection | None = None, image_size: int | None = None, **settings):
         self.model = model
-        self.scoring = check_scorings([scoring])[0]
-        if normalize not in NORMALIZATIONS:
-            raise TTDError(f"unknown score normalisation {normalize!r}; choose softmax, minmax or none")
-        check_template(template)
-        self.threshold = float(threshold)
-        self.normalize = normalize
-        self.keep_argmax = keep_argmax
-        self.stopwords = stopwords
-        self.template = template
+        self.selection = replace(selection or TagSelection(), **settings)
+        check_scorings([self.selection.scorer])
         self.image_size = image_size or model.config.image_size
-
-    def candidates(self, caption: str) -> list[str]:
-        return tag_candidates(caption, self.stopwords)
 
     # --- images ---
     def _pixels(self, images) -> tuple[torch.Tensor, list[int]]:
@@ -300,11 +352,12 @@ class TagSelector:
         """Scores of every candidate of every caption, under each of ``scorings`` (default: the
         selector's own), from one image encoding and one text encoding for the whole batch."""
         with torch.no_grad():
-            return self._score_batch(images, captions, check_scorings(scorings or [self.scoring]))
+            return self._score_batch(images, captions, check_scorings(scorings or [self.selection.scorer]))
 
     def _score_batch(self, images, captions: Sequence[str], scorings: tuple[str, ...]) -> TagScores:
         captions = list(captions)
-        words = [self.candidates(c) for c in captions]
+        selection = self.selection
+        tags = batch_tags(captions, selection.candidates)
         needs_image = any(s != "text" for s in scorings)
         needs_caption = any(s in ("text", "image-text") for s in scorings)
         if needs_image:
@@ -314,8 +367,8 @@ class TagSelector:
 
         model = self.model
         context = model.config.context_length
-        prompts = [tag_prompt(w, self.template) for w in dict.fromkeys(w for ws in words for w in ws)]
-        if self.template is not None:
+        prompts = [selection.prompt(w) for w in tags.unique]
+        if selection.template is not None:
             for p in prompts:
                 _warn_if_truncated(p, "tag prompt", context)
         if needs_caption:
@@ -324,14 +377,8 @@ class TagSelector:
         texts = list(dict.fromkeys(prompts + (captions if needs_caption else [])))
         embedded = model.encode_text(texts).float()
         row_of = {t: i for i, t in enumerate(texts)}
-
-        width = max((len(ws) for ws in words), default=0)
-        index = torch.zeros(len(words), width, dtype=torch.long)
-        valid = torch.zeros(len(words), width, dtype=torch.bool)
-        for i, ws in enumerate(words):
-            index[i, : len(ws)] = torch.tensor([row_of[tag_prompt(w, self.template)] for w in ws], dtype=torch.long)
-            valid[i, : len(ws)] = True
-        index, valid = index.to(embedded.device), valid.to(embedded.device)
+        prompt_rows = torch.tensor([row_of[p] for p in prompts], dtype=torch.long)
+        index, valid = prompt_rows[tags.index].to(embedded.device), tags.valid.to(embedded.device)
         tag_emb = embedded[index]  # (B, N, C)
 
         base: dict[str, torch.Tensor] = {}
@@ -341,19 +388,15 @@ class TagSelector:
             rows = torch.tensor(image_index, device=global_emb.device)
             global_emb, dense = global_emb[rows].float(), dense[rows].float()
             if "image" in scorings or "image-text" in scorings:
-                base["image"] = image_tag_scores(global_emb, tag_emb, self.normalize, valid)
+                base["image"] = image_tag_scores(global_emb, tag_emb, selection.normalize, valid)
             if "pixel" in scorings:
-                base["pixel"] = pixel_tag_scores(model.similarity(dense, tag_emb).float(), self.normalize, valid)
+                base["pixel"] = pixel_tag_scores(model.similarity(dense, tag_emb).float(), selection.normalize, valid)
         if needs_caption:
             caption_emb = embedded[torch.tensor([row_of[c] for c in captions], device=embedded.device)]
-            base["text"] = text_tag_scores(caption_emb, tag_emb, self.normalize, valid)
+            base["text"] = text_tag_scores(caption_emb, tag_emb, selection.normalize, valid)
         if "image-text" in scorings:
             base["image-text"] = base["image"] - base["text"]
-        return TagScores(words=words, valid=valid, scores={name: base[name].cpu() for name in scorings})
-
-    def decide(self, scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """The selection rule of this selector applied to scores (…, N)."""
-        return select_tags(scores, self.threshold, self.keep_argmax, valid)
+        return TagScores(words=tags.words, valid=valid, scores={name: base[name].cpu() for name in scorings})
 
     def select_batch(self, images, captions: Sequence[str], batch_size: int = 32) -> list[list[TagScore]]:
         """:meth:`select` for many image-caption pairs, ``batch_size`` pairs per model call."""
@@ -364,8 +407,8 @@ class TagSelector:
         results: list[list[TagScore]] = []
         for start in range(0, len(captions), batch_size):
             batch = self.score_batch(images[start : start + batch_size], captions[start : start + batch_size])
-            scores = batch.scores[self.scoring]
-            chosen = self.decide(scores, batch.valid)
+            scores = batch.scores[self.selection.scorer]
+            chosen = self.selection.decide(scores, batch.valid)
             for i, ws in enumerate(batch.words):
                 results.append([TagScore(w, float(scores[i, k]), bool(chosen[i, k])) for k, w in enumerate(ws)])
         return results

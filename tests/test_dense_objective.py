@@ -139,7 +139,7 @@ def test_preprocess_labels_crops_the_centre_like_the_images():
 
 
 def test_pretrain_cli_with_the_dense_objective(tmp_path, capsys):
-    from train_helpers import TINY
+    from helpers import TINY
 
     import ttd
 
@@ -168,7 +168,7 @@ def test_pretrain_cli_with_the_dense_objective(tmp_path, capsys):
 
 
 def test_packaged_weights_load_by_name_and_a_missing_file_is_one_line(tmp_path, monkeypatch):
-    from train_helpers import tiny_model
+    from helpers import tiny_model
 
     import ttd
     from ttd.models import weights

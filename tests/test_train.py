@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from train_helpers import make_pairs, tiny_model, write_manifest, write_shards
+from helpers import make_pairs, tiny_model, write_manifest, write_shards
 
 from ttd.cli import main
 from ttd.checkpoints import latest_checkpoint
@@ -124,7 +124,7 @@ def test_two_processes_match_one(tmp_path):
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(TESTS)!r})\n"
-        "from train_helpers import tiny_model\n"
+        "from helpers import tiny_model\n"
         "from ttd.train import train\n"
         "from ttd.config import load_config\n"
         f"cfg = load_config(data={str(manifest)!r}, out={str(tmp_path / 'two')!r}, image_size=32, workers=0, "
@@ -337,7 +337,7 @@ def test_frozen_teacher_selects_with_the_weights_before_training():
 
 
 def test_pretrain_cli_from_random_weights_resumes_and_writes_clip_weights(tmp_path, capsys):
-    from train_helpers import TINY
+    from helpers import TINY
 
     import ttd
 

@@ -7,14 +7,14 @@ import warnings
 
 import pytest
 import torch
+from helpers import tiny_model
 from PIL import Image
 
-import ttd
 from ttd import cli
 from ttd.errors import TTDError
 from ttd.images import preprocess
 from ttd.metrics import TagMetrics
-from ttd.models import CLIPConfig, tokenize
+from ttd.models import tokenize
 from ttd.method.tags import (
     TagScore,
     TagSelection,
@@ -27,10 +27,6 @@ from ttd.method.tags import (
     tag_candidates,
 )
 
-TINY = CLIPConfig(
-    embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
-    text_width=64, text_layers=2, text_heads=2,
-)
 CAPTIONS = [
     "a red stop sign on a stone road",
     "woman spends time in a jacuzzi",
@@ -41,8 +37,7 @@ CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return ttd.create_model(TINY).eval()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")

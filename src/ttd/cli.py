@@ -7,6 +7,7 @@ import json
 import platform
 import sys
 
+from .config import DEFAULT_MODEL
 from .errors import TTDError
 
 
@@ -42,9 +43,6 @@ def _run_info(args) -> int:
             value = ", ".join(value) if isinstance(value, list) else value
             print(f"{key:<{width}}  {value}")
     return 0
-
-
-DEFAULT_MODEL = "ViT-B-16/openai"
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -154,15 +152,11 @@ def _run_eval_tags(args) -> int:
     from .data.manifest import read_manifest
     from .evaluate.tags import evaluate_tags, tags_table, write_tags_report
     from .method.tags import check_scorings
-    from .taggers import TAGGERS, create_tagger
+    from .taggers import create_tagger
 
     scorers = check_scorings(_comma_list(args.scorers)) if _comma_list(args.scorers) else ()
     options = {"llm": {"base_url": args.llm_url, "model": args.llm_model, "timeout": args.llm_timeout}}
-    names = _comma_list(args.taggers)
-    for name in names:
-        if name not in TAGGERS:
-            raise TTDError(f"unknown tagger {name!r}; choose from {', '.join(TAGGERS)}")
-    taggers = [create_tagger(name, **options.get(name, {})) for name in names]
+    taggers = [create_tagger(name, **options.get(name, {})) for name in _comma_list(args.taggers)]
     records = read_manifest(args.data)
     model = load_model_from_args(args) if scorers else None
     result = evaluate_tags(
@@ -234,35 +228,17 @@ def _add_pretrain(sub) -> None:
 
 def _run_pretrain(args) -> int:
     from .config import config_overrides, resolve_config
+    from .models import CLIPConfig
     from .train import pretrain
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume, defaults={"out": "runs/pretrain"})
-    clip_config = _read_clip_config(args.clip_config) if args.clip_config else None
+    clip_config = CLIPConfig.from_file(args.clip_config) if args.clip_config else None
     result = pretrain(config, clip_config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     if result.stopped_early:
         print(f"stopped at step {result.step}/{config.steps}; continue with: ttd pretrain --out {config.out} --resume")
     else:
         print(f"weights: {config.out}/model.safetensors")
     return 0
-
-
-def _read_clip_config(path: str):
-    import dataclasses
-
-    import yaml
-
-    from .models import CLIPConfig
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise TTDError(f"cannot read the CLIP config {path}: {err.strerror}") from None
-    known = {f.name for f in dataclasses.fields(CLIPConfig)}
-    unknown = sorted(set(values) - known) if isinstance(values, dict) else ["<not a mapping>"]
-    if unknown:
-        raise TTDError(f"CLIP config {path}: unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}")
-    return CLIPConfig(**values)
 
 
 def _add_data(sub) -> None:

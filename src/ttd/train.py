@@ -384,7 +384,7 @@ def pretrain(
     config = dataclasses.replace(config, finetune="full")
     saved_arch = Path(config.out) / "clip_config.json"
     if resume and saved_arch.is_file():
-        saved = CLIPConfig(**json.loads(saved_arch.read_text()))
+        saved = CLIPConfig.from_file(saved_arch)
         if clip_config is not None and clip_config != saved:
             raise TTDError(f"{config.out} was pretraining another architecture ({saved_arch}); resume without a new one")
         clip_config = saved

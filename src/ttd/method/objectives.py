@@ -117,7 +117,7 @@ class TTDObjective:
 
     def prepare(self, model: DenseCLIP) -> None:
         """Called by the trainer before any update: keep a frozen copy when one is needed."""
-        if self.teacher == "frozen" and getattr(model, "finetune", "lora") == "full":
+        if self.teacher == "frozen" and model.finetune == "full":
             self._frozen = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()

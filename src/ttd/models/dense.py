@@ -68,6 +68,10 @@ class DenseCLIP(nn.Module):
         self.clip = clip
         self.calibration = calibration or HeatmapCalibration()
         self.source = source
+        # adapter state, kept by ttd.models.lora and the trainer and saved with an adapter:
+        self.finetune = "lora"  # what training updates: "lora" (adapters + calibration) or "full"
+        self.lora_config = None  # the LoRAConfig of injected adapters; None without (or after merging)
+        self.base_fingerprint: str | None = None  # of the base weights, taken before training changes them
         self._text_cache: dict[str, torch.Tensor] = {}
         self._text_cache_key: tuple = ()
 

@@ -1,4 +1,7 @@
-"""Small file helpers shared by every command: atomic writes, JSON results, Markdown tables."""
+"""Small file helpers shared by every command: shipped assets, atomic writes, JSON results, Markdown tables.
+
+Free of a top-level torch import, so the torch-free modules (protocols, vocabularies) can use it.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,29 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
-import torch
+from .errors import TTDError
 
-__all__ = ["atomic_write_bytes", "save_json", "markdown_table", "default_device"]
+__all__ = ["asset", "read_named_or_file", "atomic_write_bytes", "save_json", "markdown_table", "default_device"]
+
+
+def asset(*parts: str) -> Path:
+    """A file shipped in ``ttd/assets/``: the one place that knows where the package keeps them."""
+    return Path(str(resources.files("ttd").joinpath("assets", *parts)))
+
+
+def read_named_or_file(spec: str | os.PathLike, names: Sequence[str], folder: str, suffix: str, what: str,
+                       label: str, file_kind: str) -> tuple[str, str]:
+    """(text, source) of ``spec``: the shipped ``assets/folder/spec.suffix`` when ``spec`` is one
+    of ``names``, else the file at ``spec``; anything else is a one-line error listing the names."""
+    if str(spec) in names:
+        return asset(folder, f"{spec}{suffix}").read_text(encoding="utf-8"), f"{label} {spec}"
+    path = Path(spec)
+    if not path.is_file():
+        raise TTDError(f"unknown {what} {str(spec)!r}: choose one of {', '.join(names)} or give {file_kind}")
+    return path.read_text(encoding="utf-8"), str(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -47,6 +68,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """The requested device, else CUDA when present, else CPU."""
+    import torch
+
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -13,12 +13,11 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from importlib import resources
-from pathlib import Path
 
 import yaml
 
 from .errors import TTDError
+from .io import read_named_or_file
 
 __all__ = ["PRESETS", "TEMPLATE_SETS", "Protocol", "load_protocol", "load_templates", "parse_overrides"]
 
@@ -173,16 +172,7 @@ def parse_overrides(items: Sequence[str] | Mapping | None) -> dict:
 
 
 def _read_yaml(name_or_path: str | os.PathLike) -> dict:
-    if str(name_or_path) in PRESETS:
-        text = resources.files("ttd").joinpath("assets", "protocols", f"{name_or_path}.yaml").read_text()
-        source = f"preset {name_or_path}"
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise TTDError(
-                f"unknown protocol {str(name_or_path)!r}: choose one of {', '.join(PRESETS)} or give a YAML file"
-            )
-        text, source = path.read_text(encoding="utf-8"), str(path)
+    text, source = read_named_or_file(name_or_path, PRESETS, "protocols", ".yaml", "protocol", "preset", "a YAML file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -218,16 +208,7 @@ def load_protocol(
 def load_templates(spec: str | os.PathLike) -> list[str]:
     """A template set by name (``tcl9``, ``openai80``, ``identity``) or from a text file with one
     template per line, each containing ``{}`` where the class name goes."""
-    if str(spec) in TEMPLATE_SETS:
-        text = resources.files("ttd").joinpath("assets", "templates", f"{spec}.txt").read_text()
-        source = f"template set {spec}"
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise TTDError(
-                f"unknown templates {str(spec)!r}: choose one of {', '.join(TEMPLATE_SETS)} or give a text file"
-            )
-        text, source = path.read_text(encoding="utf-8"), str(path)
+    text, source = read_named_or_file(spec, TEMPLATE_SETS, "templates", ".txt", "templates", "template set", "a text file")
     templates = [line.strip() for line in text.splitlines() if line.strip()]
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:

@@ -23,12 +23,12 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from ..errors import TTDError
+from ..io import asset
 
 __all__ = [
     "SCORINGS",
@@ -79,7 +79,7 @@ def candidate_tags(caption: str, stopwords: bool = False) -> list[str]:
 @lru_cache(maxsize=1)
 def english_stopwords() -> frozenset[str]:
     """The fixed English stop-word list of the ``stopwords`` option (``ttd/assets/stopwords_en.txt``)."""
-    text = resources.files("ttd").joinpath("assets/stopwords_en.txt").read_text(encoding="utf-8")
+    text = asset("stopwords_en.txt").read_text(encoding="utf-8")
     return frozenset(w for w in (line.strip() for line in text.splitlines()) if w and not w.startswith("#"))
 
 

@@ -456,44 +456,43 @@ def _require(args, *names: str) -> None:
             raise TTDError(f"--{name} is required (unless --print-protocol)")
 
 
-def _run_eval_seg(args) -> int:
-    from .data.segmentation import load_segmentation_dataset
+def _run_evaluation(args, protocol, required: tuple[str, ...], load_dataset, evaluate, markdown, **options) -> int:
+    """What `ttd eval seg` and `ttd eval caption` share: the flags of every evaluation, then the
+    main process prints the table (the evaluator runs on every process of a torchrun)."""
     from .distributed import is_main_process
-    from .evaluate.segmentation import evaluate_segmentation, segmentation_markdown
 
-    protocol = _resolve_protocol(args, args.dataset)
     if args.print_protocol:
         return 0
-    _require(args, "root", "out")
-    dataset = load_segmentation_dataset(args.dataset, args.root)
-    result = evaluate_segmentation(
+    _require(args, *required)
+    dataset = load_dataset()  # a bad dataset fails before any model is loaded
+    result = evaluate(
         load_model_from_args(args), dataset, protocol, args.out, method=_method_label(args), limit=args.limit,
-        figures=args.figures, window_batch=args.window_batch, use_cache=args.use_cache, resume=args.resume,
-        workers=args.workers,
+        figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers, **options,
     )
     if is_main_process():
-        print(segmentation_markdown(result), end="")
+        print(markdown(result), end="")
         print(f"results written to {args.out}")
     return 0
+
+
+def _run_eval_seg(args) -> int:
+    from .data.segmentation import load_segmentation_dataset
+    from .evaluate.segmentation import evaluate_segmentation, segmentation_markdown
+
+    return _run_evaluation(
+        args, _resolve_protocol(args, args.dataset), ("root", "out"),
+        lambda: load_segmentation_dataset(args.dataset, args.root), evaluate_segmentation, segmentation_markdown,
+        use_cache=args.use_cache,
+    )
 
 
 def _run_eval_caption(args) -> int:
-    from .distributed import is_main_process
     from .evaluate.caption import CaptionMaskDataset, caption_markdown, evaluate_captions
 
-    protocol = _resolve_protocol(args)
-    if args.print_protocol:
-        return 0
-    _require(args, "data", "out")
-    dataset = CaptionMaskDataset.from_manifest(args.data)
-    result = evaluate_captions(
-        load_model_from_args(args), dataset, protocol, args.out, threshold=args.threshold, method=_method_label(args),
-        limit=args.limit, figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers,
+    return _run_evaluation(
+        args, _resolve_protocol(args), ("data", "out"), lambda: CaptionMaskDataset.from_manifest(args.data),
+        evaluate_captions, caption_markdown, threshold=args.threshold,
     )
-    if is_main_process():
-        print(caption_markdown(result), end="")
-        print(f"results written to {args.out}")
-    return 0
 
 
 def _add_segment(sub) -> None:

@@ -394,9 +394,6 @@ def _run_quickstart(args) -> int:
 
 
 # --- segmentation: `ttd segment`, `ttd eval seg`, `ttd eval caption` ---------------------------
-CAPTION_THRESHOLD = 0.40  # the paper's text-level segmentation threshold
-
-
 def _add_protocol_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--protocol", default=default, help=f"preset (tcl, ttd, sclip, miniworld) or a YAML file (default {default})")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KNOB=VALUE",
@@ -428,6 +425,8 @@ def _add_eval_seg(sub) -> None:
 
 
 def _add_eval_caption(sub) -> None:
+    from .protocols import CAPTION_THRESHOLD
+
     p = sub.add_parser("caption", help="caption-level segmentation on a JSONL manifest (CaptionIoU, mFPR, mFNR)")
     p.add_argument("--data", help="JSONL manifest whose records have image, caption and caption_mask")
     p.add_argument("--threshold", type=float, default=CAPTION_THRESHOLD, help="heatmap threshold (default 0.40)")
@@ -521,9 +520,7 @@ def _run_segment(args) -> int:
     from pathlib import Path
 
     from .images import load_image
-    from .segment import Segmenter
-    from .viz import heatmap_grid, overlay, palette, with_legend
-    from .vocabulary import Vocabulary
+    from .segment import Segmenter, segment_figure
 
     extra = {"scales": args.scales, "flip": args.flip, "pamr": args.pamr}
     if args.classes:
@@ -533,35 +530,18 @@ def _run_segment(args) -> int:
         return 0
     image = load_image(args.image)
     segmenter = Segmenter(load_model_from_args(args), protocol, window_batch=args.window_batch)
-    if args.text:
-        threshold = CAPTION_THRESHOLD if args.threshold is None else args.threshold
-        result = segmenter.predict_caption(image, args.text, threshold)
-        labels, colors, skip = result.mask.long(), [(0, 0, 0), (255, 60, 60)], (0,)
-        legend_names, legend_colors = [args.text], colors[1:]
-        heat, titles = result.heatmap[None], [args.text]
-        share = 100.0 * result.mask.float().mean().item()
-        print(f"{args.text!r}: {share:.1f}% of the image above {result.threshold:.2f}")
-    else:
-        if Path(args.classes).is_file():
-            vocabulary = Vocabulary.from_file(args.classes)
+    shown = segment_figure(segmenter, image, classes=args.classes, text=args.text, background=args.background,
+                           threshold=args.threshold, heatmaps=bool(args.heatmaps))
+    for name, share in shown.shares:
+        if args.text:
+            print(f"{name!r}: {share:.1f}% of the image above {shown.threshold:.2f}")
         else:
-            vocabulary = Vocabulary.from_names(args.classes, background=args.background)
-        segmenter.set_vocabulary(vocabulary)
-        result = segmenter.predict(image)
-        labels, colors = result.labels, palette(len(vocabulary), vocabulary.has_background)
-        skip = (0,) if vocabulary.has_background else ()
-        shown = sorted(labels.unique().tolist())
-        legend_names, legend_colors = [result.classes[k] for k in shown], [colors[k] for k in shown]
-        first = 1 if vocabulary.has_background else 0  # the background channel is not a heatmap
-        heat, titles = result.scores[first:], result.classes[first:]
-        for k in shown:
-            print(f"{result.classes[k]:<24} {100.0 * (labels == k).float().mean().item():5.1f}%")
-    figure = with_legend(overlay(image, labels, colors, skip=skip), legend_names, legend_colors)
+            print(f"{name:<24} {share:5.1f}%")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    figure.save(args.out)
+    shown.overlay.save(args.out)
     print(f"overlay written to {args.out}")
     if args.heatmaps:
-        heatmap_grid(image, heat.clamp(0, 1), titles).save(args.heatmaps)
+        shown.heatmaps.save(args.heatmaps)
         print(f"heatmaps written to {args.heatmaps}")
     return 0
 

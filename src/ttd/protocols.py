@@ -19,9 +19,10 @@ import yaml
 from .errors import TTDError
 from .io import read_named_or_file
 
-__all__ = ["PRESETS", "TEMPLATE_SETS", "Protocol", "load_protocol", "load_templates", "parse_overrides"]
+__all__ = ["PRESETS", "TEMPLATE_SETS", "CAPTION_THRESHOLD", "Protocol", "load_protocol", "load_templates", "parse_overrides"]
 
 PRESETS = ("tcl", "ttd", "sclip", "miniworld")
+CAPTION_THRESHOLD = 0.40  # the paper's text-level segmentation threshold (a caption's heatmap ≥ it)
 TEMPLATE_SETS = ("tcl9", "openai80", "identity")
 BACKGROUND_RULES = ("threshold", "softmax")
 INTERPOLATIONS = ("bilinear", "bicubic")

@@ -3,7 +3,7 @@
 Read in this order:
 
 * :mod:`.tags` — step 1, **which words of the caption are depicted**: the candidate tags (every
-  word, §3.2), their scores against the image — ``s_image`` (Eq. 1), ``s_pixel`` (Eq. 2, the
+  word of the caption), their scores against the image — ``s_image`` (Eq. 1), ``s_pixel`` (Eq. 2, the
   paper's pixel-tag scoring), ``s_text`` (Eq. 7) — and the selection ``s(t_k) ≥ τ``, with every
   setting in one frozen :class:`~.tags.TagSelection`; :class:`~.tags.TagSelector` runs it on a model.
 * :mod:`.distill` — step 2, **what the caption's heatmap should look like**: the per-tag targets

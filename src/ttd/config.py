@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import TTDError
 
-__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_config", "resolve_config", "config_to_yaml", "add_config_flags", "config_overrides"]
+__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_config", "resolve_config", "coerce", "config_to_yaml", "add_config_flags", "config_overrides"]
 
 DEFAULT_MODEL = "ViT-B-16/openai"
 # keys that mean nothing to `ttd pretrain` (random weights, every weight trained, InfoNCE)
@@ -140,26 +140,46 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _coerce(name: str, value, hint):
-    """A YAML or flag value → the field's type (YAML reads ``1e-4`` as a string)."""
+def coerce(value, hint):
+    """A value from YAML or the command line (``"1e-4"``, ``"q,v"``, ``"[1, 0.5]"``, ``"true"``) as
+    the type ``hint``: ``T | None``, ``tuple[T, ...]``, bool, int, float or str. The one reading of
+    training configurations and segmentation protocols; raises ValueError or TypeError."""
     if value is None:
         return None
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = hint if not args or typing.get_origin(hint) is tuple else args[0]
+    hint = _flag_type(hint)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            items = value.strip("[]() ").split(",")
+        else:
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+        item = typing.get_args(hint)[0]
+        return tuple(coerce(v.strip() if isinstance(v, str) else v, item) for v in items if str(v).strip())
+    if hint is str:
+        return str(value)
+    if isinstance(value, str):
+        if hint is bool and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"cannot parse {value!r}") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if hint is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected a whole number")
+    return hint(value)
+
+
+def _coerce(name: str, value, hint):
+    """A YAML or flag value → the field's type, or a one-line error naming the key."""
     try:
-        if typing.get_origin(base) is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(v).strip() for v in items if str(v).strip())
-        if base is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if base is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return base(value)
+        return coerce(value, hint)
     except (TypeError, ValueError):
+        base = _flag_type(hint)
         raise TTDError(f"config key {name!r}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import yaml
 
+from .config import coerce
 from .errors import TTDError
 from .io import read_named_or_file
 
@@ -78,6 +80,7 @@ class Protocol:
 
 
 KNOBS = tuple(f.name for f in fields(Protocol) if f.name != "dataset")
+_HINTS = typing.get_type_hints(Protocol)
 
 
 def _validate(p: Protocol) -> None:
@@ -114,45 +117,21 @@ def _validate(p: Protocol) -> None:
 
 
 # --- parsing ---------------------------------------------------------------------------------
-_FLOAT_TUPLES = {"scales", "pixel_mean", "pixel_std"}
-_INT_TUPLES = {"pamr_dilations"}
-_OPTIONAL_INTS = {"short_side", "max_long_side", "crop_size", "stride"}
-_FLOATS = {"background_threshold", "logit_scale", "prob_threshold", "pamr_scale"}
-_BOOLS = {"flip", "synonyms", "pamr"}
-_STRINGS = {"name", "description", "resize_interpolation", "templates", "background", "dataset"}
-
-
-def _scalar(value):
-    return yaml.safe_load(value) if isinstance(value, str) else value
+_OPTIONAL_INTS = {"short_side", "max_long_side", "crop_size", "stride"}  # 0 also means none
 
 
 def _coerce(knob: str, value):
     """A knob's value from YAML or a ``--set`` string, in the type the dataclass expects."""
     if knob not in KNOBS and knob != "dataset":
         raise TTDError(f"unknown protocol knob {knob!r}; knobs: {', '.join(KNOBS)}")
-    if knob in _STRINGS:
+    hint = _HINTS[knob]
+    if str in typing.get_args(hint) or hint is str:
         return None if value is None else str(value).strip()
+    optional = type(None) in typing.get_args(hint)
+    if optional and (value in ("none", "null") or (knob in _OPTIONAL_INTS and value in (0, "0"))):
+        return None
     try:
-        if knob in _FLOAT_TUPLES | _INT_TUPLES:
-            if isinstance(value, str):
-                value = [v for v in value.strip("[]() ").split(",") if v.strip()]
-            if not isinstance(value, (list, tuple)):
-                value = [value]
-            cast = float if knob in _FLOAT_TUPLES else int
-            return tuple(cast(_scalar(v)) for v in value)
-        value = _scalar(value)
-        if knob in _OPTIONAL_INTS:
-            return None if value in (None, "none", "null", 0) else int(value)
-        if knob == "area_threshold":
-            return None if value in (None, "none", "null") else float(value)
-        if knob in _FLOATS:
-            return float(value)
-        if knob == "pamr_iterations":
-            return int(value)
-        if knob in _BOOLS:
-            if not isinstance(value, bool):
-                raise ValueError("expected true or false")
-            return value
+        return coerce(value, hint)
     except (TypeError, ValueError) as err:
         raise TTDError(f"protocol knob {knob}={value!r} cannot be read ({err})") from None
 

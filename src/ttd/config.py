@@ -93,7 +93,8 @@ class TrainConfig:
     tensorboard: bool = _opt(True, "write TensorBoard events when tensorboard is installed")
 
     def validate(self) -> TrainConfig:
-        """Raise a one-line :class:`TTDError` for the first bad value."""
+        """Raise a one-line :class:`TTDError` for the first bad value: the one place a run's
+        settings are checked (the trainer adds only what needs the device or the output folder)."""
         if not self.data:
             raise TTDError("no training data: pass --data (a JSONL manifest or WebDataset shards)")
         for name in ("steps", "batch_size", "image_size", "log_every", "save_every", "keep_checkpoints", "shuffle_buffer"):
@@ -122,6 +123,11 @@ class TrainConfig:
             raise TTDError(str(err)) from None
         self.lora_config()  # validates rank, dropout, targets, towers
         self.selection()  # validates the template
+        from .data.pairs import check_data
+
+        check_data(self.data)  # the files last: a bad value above is named without touching the disk
+        if self.keep is not None and not Path(self.keep).is_file():
+            raise TTDError(f"keep-list not found: {self.keep}")
         return self
 
     def selection(self):

@@ -85,7 +85,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, objective, model: DenseCLIP | None = None, resume: bool = False):
-        from .data.pairs import PairLoader, check_data
+        from .data.pairs import PairLoader
         from .models.lora import base_fingerprint, inject_lora, set_trainable
 
         self.config = config.validate()
@@ -100,9 +100,6 @@ class Trainer:
         if config.precision == "bf16" and self.dist.device.type != "cuda":
             raise TTDError("bf16 mixed precision runs on CUDA only; use --precision fp32 (or auto) on CPU")
         self.autocast = self.dist.device.type == "cuda" and config.precision in ("auto", "bf16")
-        check_data(config.data)
-        if config.keep is not None and not Path(config.keep).is_file():
-            raise TTDError(f"keep-list not found: {config.keep}")
 
         seed_everything(config.seed)  # identical adapter initialisation in every process
         if model is None:

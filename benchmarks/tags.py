@@ -25,8 +25,8 @@ import torch
 
 import ttd
 from ttd.io import default_device
-from ttd.models import tokenize
 from ttd.method.tags import TagSelector, candidate_tags, pixel_tag_scores
+from ttd.models import tokenize
 
 DETERMINERS = ["a", "the", "two", "three", "some", "an old", "a small", "a large"]
 ADJECTIVES = ["red", "wooden", "smiling", "wet", "striped", "shiny", "tall", "sleepy", "golden", "muddy"]

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from ttd.cli import main
 from ttd.data.pairs import PairLoader, preprocess_labels
 from ttd.errors import TTDError
-from ttd.models.tokenizer import tokenize
 from ttd.method.objectives import DenseLabelObjective, patch_labels
+from ttd.models.tokenizer import tokenize
 
 torch.set_num_threads(1)
 

@@ -20,10 +20,10 @@ from test_miniworld import fake_world  # noqa: F401  (the fake clip-art fixture)
 from ttd.cli import main
 from ttd.data.manifest import read_manifest
 from ttd.evaluate.miniworld import SAMPLES_MANIFEST
+from ttd.method.tags import candidate_tags
 from ttd.models import load_model
 from ttd.models.lora import load_adapter
 from ttd.quickstart import pick_samples
-from ttd.method.tags import candidate_tags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from extract_miniworld_samples import choose, extract  # noqa: E402

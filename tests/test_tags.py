@@ -14,7 +14,6 @@ from ttd import cli
 from ttd.errors import TTDError
 from ttd.images import preprocess
 from ttd.metrics import TagMetrics
-from ttd.models import tokenize
 from ttd.method.tags import (
     TagScore,
     TagSelection,
@@ -26,6 +25,7 @@ from ttd.method.tags import (
     select_tags,
     tag_candidates,
 )
+from ttd.models import tokenize
 
 CAPTIONS = [
     "a red stop sign on a stone road",

@@ -14,8 +14,8 @@ import yaml
 from safetensors.torch import load_file
 from helpers import make_pairs, tiny_model, write_manifest, write_shards
 
-from ttd.cli import main
 from ttd.checkpoints import latest_checkpoint
+from ttd.cli import main
 from ttd.config import TrainConfig, load_config, resolve_config
 from ttd.data.pairs import PairLoader
 from ttd.errors import TTDError

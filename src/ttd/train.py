@@ -54,6 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 class WarmupCosine:
     """Learning-rate factor: linear warm-up from 0, then cosine decay to ``min_ratio``."""
 

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from ..data.manifest import ManifestRecord
 from ..errors import TTDError
 from ..io import markdown_table, save_json
-from ..metrics import TagMetrics
 from ..method.tags import SCORINGS, TagSelection, TagSelector, check_scorings, clean_word, tag_candidates
+from ..metrics import TagMetrics
 from ..taggers import Tagger
 
 __all__ = ["SCORER_LABELS", "evaluate_tags", "tags_table", "write_tags_report"]

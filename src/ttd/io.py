@@ -5,6 +5,7 @@ Free of a top-level torch import, so the torch-free modules (protocols, vocabula
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .errors import TTDError
 
-__all__ = ["asset", "read_named_or_file", "atomic_write_bytes", "save_json", "markdown_table", "default_device"]
+__all__ = ["asset", "read_named_or_file", "fingerprint", "weights_version", "atomic_write_bytes", "save_json", "markdown_table", "default_device"]
 
 
 def asset(*parts: str) -> Path:
@@ -32,6 +33,22 @@ def read_named_or_file(spec: str | os.PathLike, names: Sequence[str], folder: st
     if not path.is_file():
         raise TTDError(f"unknown {what} {str(spec)!r}: choose one of {', '.join(names)} or give {file_kind}")
     return path.read_text(encoding="utf-8"), str(path)
+
+
+def fingerprint(tensors) -> str:
+    """The one weight fingerprint: a short hash of the tensors' values as float32, the same on
+    any device and from any file format (adapters store it for their base weights; the text cache
+    and resumable evaluations key on it)."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def weights_version(module) -> tuple:
+    """Changes whenever a tensor of ``module`` is replaced (a new object, e.g. adapters) or updated
+    in place (an optimiser step, ``load_state_dict``): the cheap check before trusting a memo."""
+    return tuple((id(t), t._version) for t in module.state_dict(keep_vars=True).values())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -20,7 +20,6 @@ a fingerprint of them, the dense variant and the LoRA settings.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TTDError
+from ..io import fingerprint
 from .clip import Attention
 from .dense import DenseCLIP
 
@@ -263,10 +263,7 @@ def merge_adapter(model: DenseCLIP) -> DenseCLIP:
 def base_fingerprint(model: DenseCLIP) -> str:
     """A short hash of base tensors that LoRA never touches (independent of file path and device)."""
     sd = model.clip.state_dict()
-    digest = hashlib.sha256()
-    for key in _FINGERPRINT_KEYS:
-        digest.update(sd[key].detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return fingerprint(sd[key] for key in _FINGERPRINT_KEYS)
 
 
 def _metadata(model: DenseCLIP) -> dict:

@@ -87,7 +87,7 @@ RUNS = (
 
 def register_noun_scorer() -> None:
     """The noun tagger as a TTD tag source: 1 for the words it tags as nouns, 0 otherwise."""
-    from ttd.method.objectives import TAG_SCORERS, register_tag_scorer
+    from ttd.method.tags import TAG_SCORERS, register_tag_scorer
     from ttd.taggers import NounTagger
 
     if "nouns" in TAG_SCORERS:

@@ -307,7 +307,7 @@ def test_prune_manifest_and_shards_agree_and_resume(tmp_path):
 
 def test_frozen_teacher_selects_with_the_weights_before_training():
     from ttd.models.lora import inject_lora, set_trainable
-    from ttd.method.objectives import TAG_SCORERS, register_tag_scorer
+    from ttd.method.tags import TAG_SCORERS, register_tag_scorer
 
     seen = []
     register_tag_scorer("spy", lambda inp: seen.append(inp.tag_cosines) or TAG_SCORERS["pixel"](inp))

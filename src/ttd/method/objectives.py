@@ -13,9 +13,8 @@ weight processes by their batch sizes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -29,12 +28,9 @@ from ..models.dense import DenseCLIP
 from ..models.lora import adapters_disabled
 from ..models.tokenizer import tokenize
 from .distill import DISTANCES, ttd_loss
-from .tags import TagBatch, TagSelection, batch_tags, candidate_tags, image_tag_scores, pixel_tag_scores
+from .tags import TAG_SCORERS, SelectionInputs, TagSelection, batch_tags, candidate_tags
 
 __all__ = [
-    "SelectionInputs",
-    "TAG_SCORERS",
-    "register_tag_scorer",
     "TTDObjective",
     "ContrastiveObjective",
     "DenseLabelObjective",
@@ -42,41 +38,6 @@ __all__ = [
     "ttd_objective",
     "dense_label_objective",
 ]
-
-
-@dataclass
-class SelectionInputs:
-    """Everything a tag scorer may look at, all detached from the graph."""
-
-    captions: Sequence[str]
-    tags: TagBatch
-    global_emb: torch.Tensor  # (B, C)  f(I)
-    tag_emb: torch.Tensor  # (B, N, C) g(t_k)
-    tag_cosines: torch.Tensor  # (B, N, h, w) cos_{t_k}(p)
-    normalize: str  # score normalisation across tags: softmax | minmax | none
-
-
-def _pixel_scores(inp: SelectionInputs) -> torch.Tensor:
-    """Eq. 2, per location across tags, then the maximum over locations."""
-    return pixel_tag_scores(inp.tag_cosines, inp.normalize, inp.tags.valid.to(inp.tag_cosines.device))
-
-
-def _image_scores(inp: SelectionInputs) -> torch.Tensor:
-    """Eq. 1, from the global image embedding."""
-    scores = torch.zeros(inp.tag_emb.shape[:2], device=inp.tag_emb.device)
-    for b, n in enumerate(inp.tags.valid.sum(dim=1).tolist()):
-        if n:
-            scores[b, :n] = image_tag_scores(inp.global_emb[b], inp.tag_emb[b, :n], inp.normalize).float()
-    return scores
-
-
-# A scorer maps SelectionInputs to scores (B, N) in [0, 1]; tags scoring ≥ τ are selected. A
-# caption-only tagger (nouns, an LLM) plugs in as a scorer returning 1 for the words it picks.
-TAG_SCORERS: dict[str, Callable[[SelectionInputs], torch.Tensor]] = {"pixel": _pixel_scores, "image": _image_scores}
-
-
-def register_tag_scorer(name: str, scorer: Callable[[SelectionInputs], torch.Tensor]) -> None:
-    TAG_SCORERS[name] = scorer
 
 
 TEACHERS = ("online", "frozen")
@@ -109,6 +70,8 @@ class TTDObjective:
         selection = selection or TagSelection()
         if selection.scorer not in TAG_SCORERS:
             raise TTDError(f"unknown tag scorer {selection.scorer!r}; choose one of: {', '.join(TAG_SCORERS)}")
+        if teacher == "frozen" and selection.scorer in ("text", "image-text"):
+            raise TTDError("the frozen teacher does not embed captions; choose scorer pixel or image")
         if distance not in DISTANCES:
             raise TTDError(f"unknown distance {distance!r}; choose one of: {', '.join(DISTANCES)}")
         self.selection, self.distance = selection, distance
@@ -152,7 +115,8 @@ class TTDObjective:
                 else:
                     seen = tuple(t.float() for t in teacher_seen)
                 s = self.selection
-                scores = TAG_SCORERS[s.scorer](SelectionInputs(batch.captions, tags, *seen, s.normalize))
+                inputs = SelectionInputs(batch.captions, tags, *seen, s.normalize, caption_emb.detach())
+                scores = TAG_SCORERS[s.scorer](inputs)
                 selected = s.decide(scores, tags.valid.to(scores.device))
             valid = tags.valid.to(selected.device)
             out = ttd_loss(caption_map, tag_maps, selected, valid, self.distance, self.tag_weight, self.distill_weight, self.eps)

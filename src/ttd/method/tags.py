@@ -33,6 +33,8 @@ from ..io import asset
 __all__ = [
     "SCORINGS",
     "NORMALIZATIONS",
+    "TAG_SCORERS",
+    "SelectionInputs",
     "TagBatch",
     "TagSelection",
     "TagScore",
@@ -51,10 +53,10 @@ __all__ = [
     "text_tag_scores",
     "pixel_tag_scores",
     "select_tags",
+    "register_tag_scorer",
 ]
 
 CLIP_LOGIT_SCALE = 100.0
-SCORINGS = ("pixel", "image", "text", "image-text")
 NORMALIZATIONS = ("softmax", "minmax", "none")
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}“”‘’«»…—–]")
 
@@ -227,6 +229,52 @@ def select_tags(
     return selected
 
 
+# --- the scorer table: one per name, for the selector, the objective and the evaluation --------
+@dataclass
+class SelectionInputs:
+    """Everything a scorer may look at for a batch, all detached from the graph; what no asked-for
+    scorer needs may be None."""
+
+    captions: Sequence[str]
+    tags: TagBatch
+    global_emb: torch.Tensor | None  # (B, C)  f(I)
+    tag_emb: torch.Tensor  # (B, N, C) g(t_k)
+    tag_cosines: torch.Tensor | None  # (B, N, h, w) cos_{t_k}(p)
+    normalize: str  # score normalisation across tags: softmax | minmax | none
+    caption_emb: torch.Tensor | None = None  # (B, C)  g(T)
+
+    def valid(self, like: torch.Tensor) -> torch.Tensor:
+        return self.tags.valid.to(like.device)
+
+
+def _pixel_scores(inp: SelectionInputs) -> torch.Tensor:
+    return pixel_tag_scores(inp.tag_cosines, inp.normalize, inp.valid(inp.tag_cosines))
+
+
+def _image_scores(inp: SelectionInputs) -> torch.Tensor:
+    return image_tag_scores(inp.global_emb, inp.tag_emb, inp.normalize, inp.valid(inp.tag_emb))
+
+
+def _text_scores(inp: SelectionInputs) -> torch.Tensor:
+    return text_tag_scores(inp.caption_emb, inp.tag_emb, inp.normalize, inp.valid(inp.tag_emb))
+
+
+# A scorer maps SelectionInputs to scores (B, N); tags scoring ≥ τ are selected. A caption-only
+# tagger (nouns, an LLM) plugs in as a scorer returning 1 for the words it picks.
+TAG_SCORERS: dict[str, Callable[[SelectionInputs], torch.Tensor]] = {
+    "pixel": _pixel_scores,  # Eq. 2
+    "image": _image_scores,  # Eq. 1
+    "text": _text_scores,  # Eq. 7
+    "image-text": lambda inp: _image_scores(inp) - _text_scores(inp),  # Table 2's baseline row
+}
+SCORINGS = tuple(TAG_SCORERS)  # the paper's four, whatever is registered later
+
+
+def register_tag_scorer(name: str, scorer: Callable[[SelectionInputs], torch.Tensor]) -> None:
+    """Add a scorer for training (``scorer: name``), ``TagSelector`` and ``ttd eval tags``."""
+    TAG_SCORERS[name] = scorer
+
+
 # --- the settings of a selection -------------------------------------------------------------
 @dataclass(frozen=True)
 class TagSelection:
@@ -381,22 +429,18 @@ class TagSelector:
         index, valid = prompt_rows[tags.index].to(embedded.device), tags.valid.to(embedded.device)
         tag_emb = embedded[index]  # (B, N, C)
 
-        base: dict[str, torch.Tensor] = {}
+        inputs = SelectionInputs(captions, tags, None, tag_emb, None, selection.normalize)
         if needs_image:
             param = model.clip.text_projection
             global_emb, dense = model.encode_image(pixels.to(param.device, param.dtype))
             rows = torch.tensor(image_index, device=global_emb.device)
-            global_emb, dense = global_emb[rows].float(), dense[rows].float()
-            if "image" in scorings or "image-text" in scorings:
-                base["image"] = image_tag_scores(global_emb, tag_emb, selection.normalize, valid)
-            if "pixel" in scorings:
-                base["pixel"] = pixel_tag_scores(model.similarity(dense, tag_emb).float(), selection.normalize, valid)
+            inputs.global_emb, dense = global_emb[rows].float(), dense[rows].float()
+            if any(s not in ("image", "text", "image-text") for s in scorings):
+                inputs.tag_cosines = model.similarity(dense, tag_emb).float()
         if needs_caption:
-            caption_emb = embedded[torch.tensor([row_of[c] for c in captions], device=embedded.device)]
-            base["text"] = text_tag_scores(caption_emb, tag_emb, selection.normalize, valid)
-        if "image-text" in scorings:
-            base["image-text"] = base["image"] - base["text"]
-        return TagScores(words=tags.words, valid=valid, scores={name: base[name].cpu() for name in scorings})
+            inputs.caption_emb = embedded[torch.tensor([row_of[c] for c in captions], device=embedded.device)]
+        scores = {name: TAG_SCORERS[name](inputs).cpu() for name in scorings}
+        return TagScores(words=tags.words, valid=valid, scores=scores)
 
     def select_batch(self, images, captions: Sequence[str], batch_size: int = 32) -> list[list[TagScore]]:
         """:meth:`select` for many image-caption pairs, ``batch_size`` pairs per model call."""
@@ -422,8 +466,8 @@ def check_scorings(scorings: Iterable[str]) -> tuple[str, ...]:
     """Validate scoring names (one-line error naming the bad one); duplicates removed."""
     names = tuple(dict.fromkeys(s.strip() for s in scorings))
     for name in names:
-        if name not in SCORINGS:
-            raise TTDError(f"unknown tag scoring {name!r}; choose from {', '.join(SCORINGS)}")
+        if name not in TAG_SCORERS:
+            raise TTDError(f"unknown tag scoring {name!r}; choose from {', '.join(TAG_SCORERS)}")
     if not names:
-        raise TTDError(f"no tag scoring given; choose from {', '.join(SCORINGS)}")
+        raise TTDError(f"no tag scoring given; choose from {', '.join(TAG_SCORERS)}")
     return names

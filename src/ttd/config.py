@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import TTDError
+from .io import coerce, value_type
 
-__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_config", "resolve_config", "coerce", "config_to_yaml", "add_config_flags", "config_overrides"]
+__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_config", "resolve_config", "config_to_yaml", "add_config_flags", "config_overrides"]
 
 DEFAULT_MODEL = "ViT-B-16/openai"
 # keys that mean nothing to `ttd pretrain` (random weights, every weight trained, InfoNCE)
@@ -146,46 +147,12 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def coerce(value, hint):
-    """A value from YAML or the command line (``"1e-4"``, ``"q,v"``, ``"[1, 0.5]"``, ``"true"``) as
-    the type ``hint``: ``T | None``, ``tuple[T, ...]``, bool, int, float or str. The one reading of
-    training configurations and segmentation protocols; raises ValueError or TypeError."""
-    if value is None:
-        return None
-    hint = _flag_type(hint)
-    if typing.get_origin(hint) is tuple:
-        if isinstance(value, str):
-            items = value.strip("[]() ").split(",")
-        else:
-            items = list(value) if isinstance(value, (list, tuple)) else [value]
-        item = typing.get_args(hint)[0]
-        return tuple(coerce(v.strip() if isinstance(v, str) else v, item) for v in items if str(v).strip())
-    if hint is str:
-        return str(value)
-    if isinstance(value, str):
-        if hint is bool and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        import yaml
-
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ValueError(f"cannot parse {value!r}") from None
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError("expected true or false")
-        return value
-    if hint is int and isinstance(value, float) and not value.is_integer():
-        raise ValueError("expected a whole number")
-    return hint(value)
-
-
 def _coerce(name: str, value, hint):
     """A YAML or flag value → the field's type, or a one-line error naming the key."""
     try:
         return coerce(value, hint)
     except (TypeError, ValueError):
-        base = _flag_type(hint)
+        base = value_type(hint)
         raise TTDError(f"config key {name!r}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
 
 
@@ -248,11 +215,6 @@ def config_to_yaml(config: TrainConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-def _flag_type(hint):
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return hint if not args or typing.get_origin(hint) is tuple else args[0]
-
-
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per config field (``lora_rank`` → ``--lora-rank``); unset flags stay absent so a
     YAML file or a resumed run's saved configuration is not overwritten by defaults."""
@@ -260,7 +222,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
-        kind = _flag_type(hints[f.name])
+        kind = value_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = ",".join(default) if isinstance(default, tuple) else default
         choices = f.metadata.get("choices")

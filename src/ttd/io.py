@@ -9,13 +9,14 @@ import hashlib
 import json
 import os
 import tempfile
+import typing
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
 from .errors import TTDError
 
-__all__ = ["asset", "read_named_or_file", "fingerprint", "weights_version", "atomic_write_bytes", "save_json", "markdown_table", "default_device"]
+__all__ = ["asset", "read_named_or_file", "value_type", "coerce", "fingerprint", "weights_version", "atomic_write_bytes", "save_json", "markdown_table", "default_device"]
 
 
 def asset(*parts: str) -> Path:
@@ -33,6 +34,46 @@ def read_named_or_file(spec: str | os.PathLike, names: Sequence[str], folder: st
     if not path.is_file():
         raise TTDError(f"unknown {what} {str(spec)!r}: choose one of {', '.join(names)} or give {file_kind}")
     return path.read_text(encoding="utf-8"), str(path)
+
+
+def value_type(hint):
+    """The type a value must take for the annotation ``hint``: ``T`` for ``T | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint if not args or typing.get_origin(hint) is tuple else args[0]
+
+
+def coerce(value, hint):
+    """A value from YAML or the command line (``"1e-4"``, ``"q,v"``, ``"[1, 0.5]"``, ``"true"``) as
+    the type ``hint``: ``T | None``, ``tuple[T, ...]``, bool, int, float or str. The one reading of
+    training configurations and segmentation protocols; raises ValueError or TypeError."""
+    if value is None:
+        return None
+    hint = value_type(hint)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            items = value.strip("[]() ").split(",")
+        else:
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+        item = typing.get_args(hint)[0]
+        return tuple(coerce(v.strip() if isinstance(v, str) else v, item) for v in items if str(v).strip())
+    if hint is str:
+        return str(value)
+    if isinstance(value, str):
+        if hint is bool and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"cannot parse {value!r}") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if hint is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected a whole number")
+    return hint(value)
 
 
 def fingerprint(tensors) -> str:

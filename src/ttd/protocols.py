@@ -17,9 +17,8 @@ from dataclasses import dataclass, fields
 
 import yaml
 
-from .config import coerce
 from .errors import TTDError
-from .io import read_named_or_file
+from .io import coerce, read_named_or_file
 
 __all__ = ["PRESETS", "TEMPLATE_SETS", "CAPTION_THRESHOLD", "Protocol", "load_protocol", "load_templates", "parse_overrides"]
 

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig
 from ..distributed import gather_with_grad
 from ..errors import TTDError
 from ..models.dense import DenseCLIP
@@ -29,6 +29,9 @@ from ..models.lora import adapters_disabled
 from ..models.tokenizer import tokenize
 from .distill import DISTANCES, ttd_loss
 from .tags import TAG_SCORERS, SelectionInputs, TagSelection, batch_tags, candidate_tags
+
+if TYPE_CHECKING:  # the configuration is built above the method; only its type is named here
+    from ..config import TrainConfig
 
 __all__ = [
     "TTDObjective",

@@ -3,7 +3,7 @@
     python benchmarks/pretrain_probe.py --model runs/pre/model.safetensors --world /path/to/mw64
     python benchmarks/pretrain_probe.py --model runs/pre/checkpoints/step_00000500 --world ...
 
-* tag selection over each caption's candidate words (``ttd.tags.candidate_tags``) against the
+* tag selection over each caption's candidate words (``ttd.method.tags.candidate_tags``) against the
   depicted words: image-level scores (Eq. 1) and pixel-level scores (Eq. 2), softmax at 100,
   τ = 0.5 → micro P / R / F1, and the threshold-free AUC of depicted vs absent words (sklearn);
 * the same AUCs over the 76 vocabulary nouns instead of the caption's words ("noun AUC": depicted
@@ -33,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 import ttd
 from ttd.data.manifest import read_manifest
 from ttd.images import load_image, preprocess
-from ttd.tags import candidate_tags, image_tag_scores, pixel_tag_scores
+from ttd.method.tags import candidate_tags, image_tag_scores, pixel_tag_scores
 
 
 def load(path: str, dense: str):

@@ -88,8 +88,9 @@ def digest(value) -> str:
 
 def train_run(base: Base, run: Run, args) -> dict:
     """Train (or resume, or reuse when finished) one adapter; returns its path and wall time."""
-    from ttd.train import latest_checkpoint, train
-    from ttd.train_config import load_config
+    from ttd.checkpoints import latest_checkpoint
+    from ttd.train import train
+    from ttd.config import load_config
 
     settings = run_settings(base, run, args)
     out = args.runs / f"{base.name}-{run.name}-{digest(settings)}"

@@ -5,7 +5,7 @@ weights). Data: ``--captions`` varied captions generated from small word lists, 
 distinct random images (default 256 captions over 16 images, 16 captions per image, as in
 COCO-style data with several captions per picture; pass ``--images 256`` for one image each).
 
-* batched: :meth:`ttd.tags.TagSelector.score_batch`, ``--batch-size`` captions per call: each
+* batched: :meth:`ttd.method.tags.TagSelector.score_batch`, ``--batch-size`` captions per call: each
   distinct image of a batch encoded once, each distinct tag string once (cached across batches);
 * naive: a loop that, per caption, encodes its image and re-encodes every tag string (no cache).
 
@@ -25,8 +25,8 @@ import torch
 
 import ttd
 from ttd.io import default_device
+from ttd.method.tags import TagSelector, candidate_tags, pixel_tag_scores
 from ttd.models import tokenize
-from ttd.tags import TagSelector, candidate_tags, pixel_tag_scores
 
 DETERMINERS = ["a", "the", "two", "three", "some", "an old", "a small", "a large"]
 ADJECTIVES = ["red", "wooden", "smiling", "wet", "striped", "shiny", "tall", "sleepy", "golden", "muddy"]

@@ -37,7 +37,7 @@ def run(steps: int, batch_size: int, device: str) -> None:
     import ttd
     from ttd.data.pairs import PairBatch
     from ttd.models.lora import inject_lora, set_trainable
-    from ttd.objectives import ContrastiveObjective, TTDObjective
+    from ttd.method.objectives import ContrastiveObjective, TTDObjective
 
     torch.manual_seed(0)
     model = inject_lora(ttd.create_model()).to(device).train()

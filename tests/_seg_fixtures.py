@@ -1,4 +1,4 @@
-"""Tiny models and dataset trees shared by the segmentation tests."""
+"""Dense models of the contract and dataset trees shared by the segmentation tests (tiny CLIPs: ``helpers``)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-
-from ttd import CLIPConfig, create_model
-
-TINY = CLIPConfig(
-    embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
-    text_width=64, text_layers=2, text_heads=2,
-)
-
-
-def tiny_model(dense: str = "maskclip", seed: int = 0):
-    torch.manual_seed(seed)
-    return create_model(TINY, dense=dense).eval()
 
 
 class PixelDense(nn.Module):

@@ -10,7 +10,7 @@ from PIL import Image
 from ttd.cli import main
 from ttd.demo import analyse, embedded_adapters, embedded_models, embedded_samples
 from ttd.errors import TTDError
-from ttd.tags import candidate_tags
+from ttd.method.tags import candidate_tags
 
 ADAPTER = "miniworld/ttd_adapter"
 

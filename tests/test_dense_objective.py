@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from ttd.cli import main
 from ttd.data.pairs import PairLoader, preprocess_labels
 from ttd.errors import TTDError
+from ttd.method.objectives import DenseLabelObjective, patch_labels
 from ttd.models.tokenizer import tokenize
-from ttd.objectives import DenseLabelObjective, patch_labels
 
 torch.set_num_threads(1)
 
@@ -139,7 +139,7 @@ def test_preprocess_labels_crops_the_centre_like_the_images():
 
 
 def test_pretrain_cli_with_the_dense_objective(tmp_path, capsys):
-    from train_helpers import TINY
+    from helpers import TINY
 
     import ttd
 
@@ -168,7 +168,7 @@ def test_pretrain_cli_with_the_dense_objective(tmp_path, capsys):
 
 
 def test_packaged_weights_load_by_name_and_a_missing_file_is_one_line(tmp_path, monkeypatch):
-    from train_helpers import tiny_model
+    from helpers import tiny_model
 
     import ttd
     from ttd.models import weights

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ttd.distill import distance, distill_loss, minmax_normalize, tag_loss, tag_targets, ttd_loss, union_mask
+from ttd.method.distill import distance, distill_loss, minmax_normalize, tag_loss, tag_targets, ttd_loss, union_mask
 
 
 def maps(*rows):
@@ -111,7 +111,7 @@ def test_distances_match_references():
 
 
 def test_balanced_tag_average_weighs_selected_and_unselected_halves():
-    from ttd.distill import tag_loss
+    from ttd.method.distill import tag_loss
 
     maps = torch.tensor([0.2, 0.4, 0.6, 0.8]).view(1, 4, 1, 1).expand(1, 4, 2, 2).clone()
     targets = torch.zeros_like(maps)

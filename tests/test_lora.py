@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from train_helpers import TINY, tiny_model
+from helpers import TINY, tiny_model
 
 import ttd
 from ttd.errors import TTDError

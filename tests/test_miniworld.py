@@ -29,7 +29,7 @@ from ttd.data.miniworld import (
     plural,
 )
 from ttd.errors import TTDError
-from ttd.tags import candidate_tags
+from ttd.method.tags import candidate_tags
 
 # Pure colours: a background (HSV saturation ≤ 0.85, plus noise) or a blend with another object
 # never produces them exactly, so an exact colour match means "this object is visible here".

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import TINY
 from PIL import Image
 from safetensors.torch import load_file
 from test_miniworld import fake_world  # noqa: F401  (the fake clip-art fixture)
@@ -19,16 +20,14 @@ from test_miniworld import fake_world  # noqa: F401  (the fake clip-art fixture)
 from ttd.cli import main
 from ttd.data.manifest import read_manifest
 from ttd.evaluate.miniworld import SAMPLES_MANIFEST
+from ttd.method.tags import candidate_tags
 from ttd.models import load_model
 from ttd.models.lora import load_adapter
 from ttd.quickstart import pick_samples
-from ttd.tags import candidate_tags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from extract_miniworld_samples import choose, extract  # noqa: E402
 
-TINY = dict(embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
-            text_width=64, text_layers=2, text_heads=2)
 STEPS = ["--image-size", "32", "--steps", "3", "--batch-size", "4", "--workers", "0", "--warmup-steps", "1",
          "--no-progress", "--no-tensorboard"]
 
@@ -41,7 +40,7 @@ def pipeline(tmp_path_factory, fake_world):  # noqa: F811
     world = tmp / "world"
     assert main(["data", "miniworld", "--out", str(world), "--source", str(root), "--vocabulary", str(vocab),
                  "--train", "16", "--val", "6", "--size", "32", "--quiet"]) == 0
-    (tmp / "clip.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp / "clip.yaml").write_text(yaml.safe_dump(TINY.to_dict()))
     pairs = str(world / "train" / "pairs.jsonl")
     assert main(["pretrain", "--data", pairs, "--clip-config", str(tmp / "clip.yaml"), "--out", str(tmp / "pre"), *STEPS]) == 0
     weights = tmp / "pre" / "model.safetensors"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from train_helpers import make_pairs, write_manifest, write_shards
+from helpers import make_pairs, write_manifest, write_shards
 
 from ttd.data.pairs import PairLoader, decode_pair, list_shards
 from ttd.errors import TTDError

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import ttd.cli
-from _seg_fixtures import tiny_model, write_generic, write_image, write_label
+from _seg_fixtures import write_generic, write_image, write_label
+from helpers import tiny_model
 from ttd.data.manifest import write_manifest
 from ttd.data.segmentation import load_segmentation_dataset
 from ttd.evaluate.caption import CaptionMaskDataset, evaluate_captions
@@ -179,7 +180,7 @@ _WORKER = """
 import sys
 sys.path[:0] = {paths!r}
 import ttd.cli
-from _seg_fixtures import tiny_model
+from helpers import tiny_model
 ttd.cli.load_model_from_args = lambda args: tiny_model()
 sys.exit(ttd.cli.main(sys.argv[1:]))
 """

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from _seg_fixtures import PixelDense, tiny_model
+from _seg_fixtures import PixelDense
+from helpers import tiny_model
 from ttd.cache import class_embeddings, weights_fingerprint
 from ttd.errors import TTDError
 from ttd.images import normalize, resize_short_side

@@ -7,16 +7,16 @@ import warnings
 
 import pytest
 import torch
+from helpers import tiny_model
 from PIL import Image
 
-import ttd
 from ttd import cli
 from ttd.errors import TTDError
 from ttd.images import preprocess
 from ttd.metrics import TagMetrics
-from ttd.models import CLIPConfig, tokenize
-from ttd.tags import (
+from ttd.method.tags import (
     TagScore,
+    TagSelection,
     TagSelector,
     candidate_tags,
     english_stopwords,
@@ -25,11 +25,8 @@ from ttd.tags import (
     select_tags,
     tag_candidates,
 )
+from ttd.models import tokenize
 
-TINY = CLIPConfig(
-    embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
-    text_width=64, text_layers=2, text_heads=2,
-)
 CAPTIONS = [
     "a red stop sign on a stone road",
     "woman spends time in a jacuzzi",
@@ -40,8 +37,7 @@ CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return ttd.create_model(TINY).eval()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +149,9 @@ def test_scores_match_the_equations(model, images):
 
 def test_template_prompts_each_tag(model, images):
     template = "a photo of a {}."
-    scored = TagSelector(model, scoring="image", template=template).score_batch(images[:1], CAPTIONS[:1])
+    scored = TagSelector(model, scorer="image", template=template).score_batch(images[:1], CAPTIONS[:1])
     assert torch.allclose(scored.row("image", 0), _reference(model, images[0], CAPTIONS[0], template)["image"], atol=1e-5)
-    raw = TagSelector(model, scoring="image").score_batch(images[:1], CAPTIONS[:1])
+    raw = TagSelector(model, scorer="image").score_batch(images[:1], CAPTIONS[:1])
     assert not torch.allclose(scored.row("image", 0), raw.row("image", 0))
 
 
@@ -171,7 +167,7 @@ def test_bad_template(model, template):
 @pytest.mark.parametrize("scoring", ["pixel", "image", "text", "image-text"])
 @pytest.mark.parametrize("normalize", ["softmax", "minmax"])
 def test_batch_equals_one_by_one(model, images, scoring, normalize):
-    selector = TagSelector(model, scoring=scoring, normalize=normalize, threshold=0.2, keep_argmax=True)
+    selector = TagSelector(model, scorer=scoring, normalize=normalize, tau=0.2, keep_argmax=True)
     batched = selector.select_batch(images, CAPTIONS, batch_size=3)
     for image, caption, result in zip(images, CAPTIONS, batched):
         single = selector.select(image, caption)
@@ -182,7 +178,7 @@ def test_batch_equals_one_by_one(model, images, scoring, normalize):
 
 
 def test_selection_follows_threshold(model, images):
-    selector = TagSelector(model, threshold=0.3)
+    selector = TagSelector(model, tau=0.3)
     for tag in selector.select(images[0], CAPTIONS[0]):
         assert isinstance(tag, TagScore) and tag.selected == (tag.score >= 0.3)
 
@@ -226,7 +222,7 @@ def test_stopwords_option_in_selector(model, images):
 
 def test_long_caption_warns_and_is_truncated(model, images):
     caption = " ".join(f"word{i}" for i in range(60))
-    selector = TagSelector(model, scoring="text")
+    selector = TagSelector(model, scorer="text")
     with pytest.warns(UserWarning) as record:
         scored = selector.score_batch(images[:1], [caption])
     (warning,) = [w for w in record if "text context" in str(w.message)]
@@ -246,7 +242,7 @@ def test_long_caption_warns_and_is_truncated(model, images):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"scoring": "global"}, "unknown tag scoring 'global'; choose from pixel, image, text, image-text"),
+        ({"scorer": "global"}, "unknown tag scoring 'global'; choose from pixel, image, text, image-text"),
         ({"normalize": "l1"}, "unknown score normalisation 'l1'; choose softmax, minmax or none"),
     ],
 )
@@ -300,11 +296,11 @@ def test_evaluate_matches_selector_and_metrics(model, manifest, monkeypatch):
     encode_image = model.encode_image
     monkeypatch.setattr(model, "encode_image", lambda x: calls.append(len(x)) or encode_image(x))
     scorers = ["pixel", "image", "text", "image-text"]
-    result = evaluate_tags(records, model, scorers, threshold=0.3, batch_size=2, progress=False)
+    result = evaluate_tags(records, model, scorers, selection=TagSelection(tau=0.3), batch_size=2, progress=False)
     assert calls == [2, 1]  # one call per batch for all four scorers; batch 2 holds 2.png twice
     assert result["truth_tags_not_candidates"] == 1  # "ball"
     for name in scorers:
-        selector = TagSelector(model, scoring=name, threshold=0.3)
+        selector = TagSelector(model, scorer=name, tau=0.3)
         expected = TagMetrics()
         for rec, tags in zip(records, selector.select_batch([r.image for r in records], [r.caption for r in records])):
             truth = torch.tensor([t.word in {w.lower() for w in rec.tags} for t in tags])
@@ -349,10 +345,10 @@ def test_cli_tags_json(cli_model, tmp_path, capsys):
     pil = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())
     pil.save(tmp_path / "i.png")
     caption = "a red stop sign on a stone road"
-    argv = ["tags", str(tmp_path / "i.png"), caption, "--scoring", "pixel,image", "--threshold", "0.2", "--json"]
+    argv = ["tags", str(tmp_path / "i.png"), caption, "--scoring", "pixel,image", "--tau", "0.2", "--json"]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    expected = TagSelector(cli_model, scoring="image", threshold=0.2).select(pil, caption)
+    expected = TagSelector(cli_model, scorer="image", tau=0.2).select(pil, caption)
     assert [c["word"] for c in out["candidates"]] == [t.word for t in expected]
     assert [c["scores"]["image"] for c in out["candidates"]] == pytest.approx([t.score for t in expected], abs=1e-6)
     assert out["selected"]["image"] == [t.word for t in expected if t.selected]
@@ -388,7 +384,7 @@ def test_cli_eval_tags(cli_model, manifest, tmp_path, capsys):
     pytest.importorskip("spacy")
     out = tmp_path / "out"
     argv = ["eval", "tags", "--data", str(manifest), "--scorers", "pixel,image", "--taggers", "nouns",
-            "--out", str(out), "--batch-size", "3", "--threshold", "0.3"]
+            "--out", str(out), "--batch-size", "3", "--tau", "0.3"]
     assert cli.main(argv) == 0
     result = json.loads((out / "tags.json").read_text())
     assert list(result["rows"]) == ["pixel", "image", "nouns"]

@@ -12,16 +12,17 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from train_helpers import make_pairs, tiny_model, write_manifest, write_shards
+from helpers import make_pairs, tiny_model, write_manifest, write_shards
 
+from ttd.checkpoints import latest_checkpoint
 from ttd.cli import main
+from ttd.config import TrainConfig, load_config, resolve_config
 from ttd.data.pairs import PairLoader
 from ttd.errors import TTDError
+from ttd.method.objectives import ContrastiveObjective, TTDObjective
+from ttd.method.tags import TagSelection, batch_tags, select_tags
 from ttd.models.lora import load_adapter
-from ttd.objectives import ContrastiveObjective, TTDObjective, batch_tags
-from ttd.tags import select_tags
-from ttd.train import Trainer, latest_checkpoint, resolve_config, train
-from ttd.train_config import TrainConfig, load_config
+from ttd.train import Trainer, train
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
@@ -123,9 +124,9 @@ def test_two_processes_match_one(tmp_path):
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(TESTS)!r})\n"
-        "from train_helpers import tiny_model\n"
+        "from helpers import tiny_model\n"
         "from ttd.train import train\n"
-        "from ttd.train_config import load_config\n"
+        "from ttd.config import load_config\n"
         f"cfg = load_config(data={str(manifest)!r}, out={str(tmp_path / 'two')!r}, image_size=32, workers=0, "
         f"lr=3e-3, tensorboard=False, **{kw!r})\n"
         "train(cfg, model=tiny_model(), progress=False)\n"
@@ -195,7 +196,7 @@ def test_tag_selection_helpers():
 @pytest.mark.parametrize("scorer", ["pixel", "image"])
 def test_objective_runs_with_either_scorer_and_empty_captions(scorer):
     batch = next(iter(_batch_of(["a red dot.", "!!!"])))
-    loss, metrics = TTDObjective(scorer=scorer, tag_template="a photo of a {}.")(tiny_model(), batch)
+    loss, metrics = TTDObjective(TagSelection(scorer=scorer, template="a photo of a {}."))(tiny_model(), batch)
     loss.backward()
     assert torch.isfinite(loss) and metrics["candidates"].item() == 1.5
 
@@ -306,20 +307,20 @@ def test_prune_manifest_and_shards_agree_and_resume(tmp_path):
 
 def test_frozen_teacher_selects_with_the_weights_before_training():
     from ttd.models.lora import inject_lora, set_trainable
-    from ttd.objectives import TAG_SCORERS, register_tag_scorer
+    from ttd.method.tags import TAG_SCORERS, register_tag_scorer
 
     seen = []
     register_tag_scorer("spy", lambda inp: seen.append(inp.tag_cosines) or TAG_SCORERS["pixel"](inp))
     try:
         batch = next(_batch_of(["a red dot on a blue background.", "a green stripe."]))
         base = tiny_model()
-        TTDObjective(scorer="spy")(base, batch)
+        TTDObjective(TagSelection(scorer="spy"))(base, batch)
         for finetune in ("lora", "full"):
             model = tiny_model()
             if finetune == "lora":
                 inject_lora(model)
             set_trainable(model, finetune)
-            frozen, online = TTDObjective(scorer="spy", teacher="frozen"), TTDObjective(scorer="spy")
+            frozen, online = TTDObjective(TagSelection(scorer="spy"), teacher="frozen"), TTDObjective(TagSelection(scorer="spy"))
             frozen.prepare(model)
             with torch.no_grad():  # what training would do: every trainable weight moves
                 for p in model.parameters():
@@ -336,7 +337,7 @@ def test_frozen_teacher_selects_with_the_weights_before_training():
 
 
 def test_pretrain_cli_from_random_weights_resumes_and_writes_clip_weights(tmp_path, capsys):
-    from train_helpers import TINY
+    from helpers import TINY
 
     import ttd
 

@@ -16,7 +16,7 @@ _EXPORTS = {
     "tokenize": ".models",
     "load_protocol": ".protocols",
     "Segmenter": ".segment",
-    "TagSelector": ".tags",
+    "TagSelector": ".method.tags",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

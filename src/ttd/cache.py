@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, fingerprint, weights_version
 
 __all__ = ["cache_dir", "weights_fingerprint", "class_embeddings"]
 
@@ -32,23 +32,13 @@ def cache_dir() -> Path:
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of every tensor in ``model.state_dict()`` (names, dtypes, shapes, bytes).
-
-    Memoised per model until any tensor is replaced or updated in place.
-    """
-    state = model.state_dict(keep_vars=True)
-    version = tuple((name, id(t), t._version) for name, t in state.items())
+    """:func:`ttd.io.fingerprint` of every tensor in ``model.state_dict()``, memoised per model
+    until any tensor is replaced or updated in place."""
+    version = weights_version(model)
     memo = _FINGERPRINTS.get(model)
-    if memo is not None and memo[0] == version:
-        return memo[1]
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in state.items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    fingerprint = digest.hexdigest()
-    _FINGERPRINTS[model] = (version, fingerprint)
-    return fingerprint
+    if memo is None or memo[0] != version:
+        memo = _FINGERPRINTS[model] = (version, fingerprint(model.state_dict().values()))
+    return memo[1]
 
 
 def _encode(model, queries: Sequence[str], templates: Sequence[str]) -> torch.Tensor:

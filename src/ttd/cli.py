@@ -7,6 +7,7 @@ import json
 import platform
 import sys
 
+from .config import DEFAULT_MODEL
 from .errors import TTDError
 
 
@@ -44,9 +45,6 @@ def _run_info(args) -> int:
     return 0
 
 
-DEFAULT_MODEL = "ViT-B-16/openai"
-
-
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The flags every command that runs a model shares."""
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"weights name or local file (default {DEFAULT_MODEL})")
@@ -63,9 +61,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def load_model_from_args(args):
     """The dense model (plus adapter) the shared model flags describe, in eval mode."""
+    from .distributed import process_device
     from .models import load_model
 
-    model = load_model(args.model, dense=args.dense, device=args.device, quick_gelu=args.quick_gelu)
+    device = process_device(args.device)  # under torchrun: this process's GPU
+    model = load_model(args.model, dense=args.dense, device=str(device), quick_gelu=args.quick_gelu)
     if args.adapter:
         from .models.lora import load_adapter
 
@@ -79,11 +79,17 @@ def _comma_list(text: str) -> list[str]:
 
 def _add_tag_selection_args(p: argparse.ArgumentParser) -> None:
     """Options of TTD step 1 shared by `ttd tags` and `ttd eval tags`."""
-    p.add_argument("--threshold", type=float, default=0.5, help="select a tag when its score >= this (default 0.5)")
+    p.add_argument("--tau", type=float, default=0.5, help="select a tag when its score >= tau (default 0.5)")
     p.add_argument("--normalize", default="softmax", choices=["softmax", "minmax", "none"], help="score normalisation across tags")
     p.add_argument("--keep-argmax", action="store_true", help="always select the best-scoring tag")
     p.add_argument("--stopwords", action="store_true", help="drop English stop words from the candidates")
     p.add_argument("--template", default=None, help="prompt for each tag, e.g. 'a photo of a {}.' (default: the raw word)")
+
+
+def _tag_selection(args, scorer: str):
+    from .method.tags import TagSelection
+
+    return TagSelection(scorer, args.tau, args.normalize, args.keep_argmax, args.stopwords, args.template)
 
 
 def _add_tags(sub) -> None:
@@ -100,17 +106,15 @@ def _add_tags(sub) -> None:
 
 
 def _run_tags(args) -> int:
-    from .tags import TagSelector, check_scorings
+    from .method.tags import TagSelector, check_scorings
 
     scorings = check_scorings(_comma_list(args.scoring))
     model = load_model_from_args(args)
-    selector = TagSelector(
-        model, scorings[0], args.threshold, args.normalize, args.keep_argmax, args.stopwords, args.template
-    )
-    scored = selector.score_batch([args.image], [args.caption], scorings)
+    selection = _tag_selection(args, scorings[0])
+    scored = TagSelector(model, selection).score_batch([args.image], [args.caption], scorings)
     words = scored.words[0]
     scores = {name: scored.row(name, 0).tolist() for name in scorings}
-    chosen = {name: selector.decide(scored.row(name, 0)).tolist() for name in scorings}
+    chosen = {name: selection.decide(scored.row(name, 0)).tolist() for name in scorings}
     selected = {name: [w for w, keep in zip(words, chosen[name]) if keep] for name in scorings}
     if args.json:
         candidates = [
@@ -125,7 +129,7 @@ def _run_tags(args) -> int:
         cells = (f"{scores[n][k]:>9.4f}{'*' if chosen[n][k] else ' '}" for n in scorings)
         print(f"{w:<{width}}  " + "  ".join(cells))
     for name in scorings:
-        print(f"selected ({name}, threshold {args.threshold:g}): {', '.join(selected[name]) or '(none)'}")
+        print(f"selected ({name}, threshold {args.tau:g}): {', '.join(selected[name]) or '(none)'}")
     return 0
 
 
@@ -147,21 +151,16 @@ def _add_eval_tags(eval_sub) -> None:
 def _run_eval_tags(args) -> int:
     from .data.manifest import read_manifest
     from .evaluate.tags import evaluate_tags, tags_table, write_tags_report
-    from .tags import check_scorings
-    from .taggers import TAGGERS, create_tagger
+    from .method.tags import check_scorings
+    from .taggers import create_tagger
 
     scorers = check_scorings(_comma_list(args.scorers)) if _comma_list(args.scorers) else ()
     options = {"llm": {"base_url": args.llm_url, "model": args.llm_model, "timeout": args.llm_timeout}}
-    names = _comma_list(args.taggers)
-    for name in names:
-        if name not in TAGGERS:
-            raise TTDError(f"unknown tagger {name!r}; choose from {', '.join(TAGGERS)}")
-    taggers = [create_tagger(name, **options.get(name, {})) for name in names]
+    taggers = [create_tagger(name, **options.get(name, {})) for name in _comma_list(args.taggers)]
     records = read_manifest(args.data)
     model = load_model_from_args(args) if scorers else None
     result = evaluate_tags(
-        records, model, scorers, taggers, args.threshold, args.normalize, args.keep_argmax,
-        args.stopwords, args.template, args.batch_size, manifest=args.data,
+        records, model, scorers, taggers, _tag_selection(args, "pixel"), args.batch_size, manifest=args.data
     )
     json_path, md_path = write_tags_report(result, args.out)
     print(tags_table(result), end="")
@@ -178,7 +177,7 @@ def _add_eval(sub) -> None:
 
 def _add_run_flags(p: argparse.ArgumentParser, skip: tuple) -> None:
     """The flags `ttd train` and `ttd pretrain` share, then one flag per config key not in ``skip``."""
-    from .train_config import add_config_flags
+    from .config import add_config_flags
 
     p.add_argument("--config", default=None, help="YAML file of config keys (flags win)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -188,7 +187,7 @@ def _add_run_flags(p: argparse.ArgumentParser, skip: tuple) -> None:
 
 
 def _add_train(sub) -> None:
-    from .train_config import PRETRAIN_ONLY
+    from .config import PRETRAIN_ONLY
 
     p = sub.add_parser(
         "train",
@@ -201,8 +200,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .train import resolve_config, train
-    from .train_config import config_overrides
+    from .config import config_overrides, resolve_config
+    from .train import train
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume)
     result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
@@ -214,7 +213,7 @@ def _run_train(args) -> int:
 
 
 def _add_pretrain(sub) -> None:
-    from .train_config import TTD_ONLY
+    from .config import TTD_ONLY
 
     p = sub.add_parser(
         "pretrain",
@@ -228,36 +227,18 @@ def _add_pretrain(sub) -> None:
 
 
 def _run_pretrain(args) -> int:
-    from .train import pretrain, resolve_config
-    from .train_config import config_overrides
+    from .config import config_overrides, resolve_config
+    from .models import CLIPConfig
+    from .train import pretrain
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume, defaults={"out": "runs/pretrain"})
-    clip_config = _read_clip_config(args.clip_config) if args.clip_config else None
+    clip_config = CLIPConfig.from_file(args.clip_config) if args.clip_config else None
     result = pretrain(config, clip_config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     if result.stopped_early:
         print(f"stopped at step {result.step}/{config.steps}; continue with: ttd pretrain --out {config.out} --resume")
     else:
         print(f"weights: {config.out}/model.safetensors")
     return 0
-
-
-def _read_clip_config(path: str):
-    import dataclasses
-
-    import yaml
-
-    from .models import CLIPConfig
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise TTDError(f"cannot read the CLIP config {path}: {err.strerror}") from None
-    known = {f.name for f in dataclasses.fields(CLIPConfig)}
-    unknown = sorted(set(values) - known) if isinstance(values, dict) else ["<not a mapping>"]
-    if unknown:
-        raise TTDError(f"CLIP config {path}: unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}")
-    return CLIPConfig(**values)
 
 
 def _add_data(sub) -> None:
@@ -423,9 +404,6 @@ def _run_quickstart(args) -> int:
 
 
 # --- segmentation: `ttd segment`, `ttd eval seg`, `ttd eval caption` ---------------------------
-CAPTION_THRESHOLD = 0.40  # the paper's text-level segmentation threshold
-
-
 def _add_protocol_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--protocol", default=default, help=f"preset (tcl, ttd, sclip, miniworld) or a YAML file (default {default})")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KNOB=VALUE",
@@ -457,6 +435,8 @@ def _add_eval_seg(sub) -> None:
 
 
 def _add_eval_caption(sub) -> None:
+    from .protocols import CAPTION_THRESHOLD
+
     p = sub.add_parser("caption", help="caption-level segmentation on a JSONL manifest (CaptionIoU, mFPR, mFNR)")
     p.add_argument("--data", help="JSONL manifest whose records have image, caption and caption_mask")
     p.add_argument("--threshold", type=float, default=CAPTION_THRESHOLD, help="heatmap threshold (default 0.40)")
@@ -485,68 +465,43 @@ def _require(args, *names: str) -> None:
             raise TTDError(f"--{name} is required (unless --print-protocol)")
 
 
-def _start_eval(args):
-    """Join torchrun's process group (if any) and load the model on this process's device."""
-    from .evaluate.runtime import init_distributed
+def _run_evaluation(args, protocol, required: tuple[str, ...], load_dataset, evaluate, markdown, **options) -> int:
+    """What `ttd eval seg` and `ttd eval caption` share: the flags of every evaluation, then the
+    main process prints the table (the evaluator runs on every process of a torchrun)."""
+    from .distributed import is_main_process
 
-    ctx = init_distributed(args.device)
-    if ctx.world_size > 1 and args.device is None:
-        import torch
-
-        args.device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
-    return ctx, load_model_from_args(args)
-
-
-def _finish_eval(ctx) -> None:
-    import torch.distributed as dist
-
-    if ctx.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+    if args.print_protocol:
+        return 0
+    _require(args, *required)
+    dataset = load_dataset()  # a bad dataset fails before any model is loaded
+    result = evaluate(
+        load_model_from_args(args), dataset, protocol, args.out, method=_method_label(args), limit=args.limit,
+        figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers, **options,
+    )
+    if is_main_process():
+        print(markdown(result), end="")
+        print(f"results written to {args.out}")
+    return 0
 
 
 def _run_eval_seg(args) -> int:
     from .data.segmentation import load_segmentation_dataset
     from .evaluate.segmentation import evaluate_segmentation, segmentation_markdown
 
-    protocol = _resolve_protocol(args, args.dataset)
-    if args.print_protocol:
-        return 0
-    _require(args, "root", "out")
-    dataset = load_segmentation_dataset(args.dataset, args.root)
-    ctx, model = _start_eval(args)
-    try:
-        result = evaluate_segmentation(
-            model, dataset, protocol, args.out, method=_method_label(args), limit=args.limit, figures=args.figures,
-            window_batch=args.window_batch, use_cache=args.use_cache, resume=args.resume, workers=args.workers, ctx=ctx,
-        )
-    finally:
-        _finish_eval(ctx)
-    if ctx.is_main:
-        print(segmentation_markdown(result), end="")
-        print(f"results written to {args.out}")
-    return 0
+    return _run_evaluation(
+        args, _resolve_protocol(args, args.dataset), ("root", "out"),
+        lambda: load_segmentation_dataset(args.dataset, args.root), evaluate_segmentation, segmentation_markdown,
+        use_cache=args.use_cache,
+    )
 
 
 def _run_eval_caption(args) -> int:
     from .evaluate.caption import CaptionMaskDataset, caption_markdown, evaluate_captions
 
-    protocol = _resolve_protocol(args)
-    if args.print_protocol:
-        return 0
-    _require(args, "data", "out")
-    dataset = CaptionMaskDataset.from_manifest(args.data)
-    ctx, model = _start_eval(args)
-    try:
-        result = evaluate_captions(
-            model, dataset, protocol, args.out, threshold=args.threshold, method=_method_label(args), limit=args.limit,
-            figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers, ctx=ctx,
-        )
-    finally:
-        _finish_eval(ctx)
-    if ctx.is_main:
-        print(caption_markdown(result), end="")
-        print(f"results written to {args.out}")
-    return 0
+    return _run_evaluation(
+        args, _resolve_protocol(args), ("data", "out"), lambda: CaptionMaskDataset.from_manifest(args.data),
+        evaluate_captions, caption_markdown, threshold=args.threshold,
+    )
 
 
 def _add_segment(sub) -> None:
@@ -575,9 +530,7 @@ def _run_segment(args) -> int:
     from pathlib import Path
 
     from .images import load_image
-    from .segment import Segmenter
-    from .viz import heatmap_grid, overlay, palette, with_legend
-    from .vocabulary import Vocabulary
+    from .segment import Segmenter, segment_figure
 
     extra = {"scales": args.scales, "flip": args.flip, "pamr": args.pamr}
     if args.classes:
@@ -587,35 +540,18 @@ def _run_segment(args) -> int:
         return 0
     image = load_image(args.image)
     segmenter = Segmenter(load_model_from_args(args), protocol, window_batch=args.window_batch)
-    if args.text:
-        threshold = CAPTION_THRESHOLD if args.threshold is None else args.threshold
-        result = segmenter.predict_caption(image, args.text, threshold)
-        labels, colors, skip = result.mask.long(), [(0, 0, 0), (255, 60, 60)], (0,)
-        legend_names, legend_colors = [args.text], colors[1:]
-        heat, titles = result.heatmap[None], [args.text]
-        share = 100.0 * result.mask.float().mean().item()
-        print(f"{args.text!r}: {share:.1f}% of the image above {result.threshold:.2f}")
-    else:
-        if Path(args.classes).is_file():
-            vocabulary = Vocabulary.from_file(args.classes)
+    shown = segment_figure(segmenter, image, classes=args.classes, text=args.text, background=args.background,
+                           threshold=args.threshold, heatmaps=bool(args.heatmaps))
+    for name, share in shown.shares:
+        if args.text:
+            print(f"{name!r}: {share:.1f}% of the image above {shown.threshold:.2f}")
         else:
-            vocabulary = Vocabulary.from_names(args.classes, background=args.background)
-        segmenter.set_vocabulary(vocabulary)
-        result = segmenter.predict(image)
-        labels, colors = result.labels, palette(len(vocabulary), vocabulary.has_background)
-        skip = (0,) if vocabulary.has_background else ()
-        shown = sorted(labels.unique().tolist())
-        legend_names, legend_colors = [result.classes[k] for k in shown], [colors[k] for k in shown]
-        first = 1 if vocabulary.has_background else 0  # the background channel is not a heatmap
-        heat, titles = result.scores[first:], result.classes[first:]
-        for k in shown:
-            print(f"{result.classes[k]:<24} {100.0 * (labels == k).float().mean().item():5.1f}%")
-    figure = with_legend(overlay(image, labels, colors, skip=skip), legend_names, legend_colors)
+            print(f"{name:<24} {share:5.1f}%")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    figure.save(args.out)
+    shown.overlay.save(args.out)
     print(f"overlay written to {args.out}")
     if args.heatmaps:
-        heatmap_grid(image, heat.clamp(0, 1), titles).save(args.heatmaps)
+        shown.heatmaps.save(args.heatmaps)
         print(f"heatmaps written to {args.heatmaps}")
     return 0
 

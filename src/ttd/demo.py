@@ -5,7 +5,7 @@ an embedded model, an adapter and a dense variant; the page shows the caption's 
 with their pixel scores and the selected ones, the caption's heatmap and each tag's heatmap, and
 a segmentation overlay, without and with TTD side by side when an adapter is chosen.
 
-Everything here is glue over the package's own APIs (:class:`ttd.tags.TagSelector`,
+Everything here is glue over the package's own APIs (:class:`ttd.method.tags.TagSelector`,
 :class:`ttd.segment.Segmenter`, :mod:`ttd.viz`); the choices come from the package's registry
 of embedded weights (:data:`ttd.models.weights.KNOWN_WEIGHTS` entries that are ``packaged``) and
 the adapters shipped beside them, so a new embedded model shows up by itself. :func:`analyse` is
@@ -163,7 +163,7 @@ def analyse(
     """
     from .evaluate.miniworld import miniworld_protocol
     from .segment import Segmenter
-    from .tags import TagSelector
+    from .method.tags import TagSelector
     from .viz import heatmap_grid, panels, score_bars, stack
 
     caption, names = caption.strip(), [n.strip() for n in classes.split(",") if n.strip()]
@@ -178,7 +178,7 @@ def analyse(
     caption_maps, heat_grids, overlays = [], [], []
     for stage, m in models.items():
         if caption:
-            tags = TagSelector(m, "pixel", threshold).select(picture, caption)
+            tags = TagSelector(m, scorer="pixel", tau=threshold).select(picture, caption)
             result.words = [t.word for t in tags]
             result.scores[stage] = [t.score for t in tags]
             result.selected[stage] = [t.selected for t in tags]

@@ -1,16 +1,95 @@
-"""Small file helpers shared by every command: atomic writes, JSON results, Markdown tables."""
+"""Small file helpers shared by every command: shipped assets, atomic writes, JSON results, Markdown tables.
+
+Free of a top-level torch import, so the torch-free modules (protocols, vocabularies) can use it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import typing
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
-import torch
+from .errors import TTDError
 
-__all__ = ["atomic_write_bytes", "save_json", "markdown_table", "default_device"]
+__all__ = ["asset", "read_named_or_file", "value_type", "coerce", "fingerprint", "weights_version", "atomic_write_bytes", "save_json", "markdown_table", "default_device"]
+
+
+def asset(*parts: str) -> Path:
+    """A file shipped in ``ttd/assets/``: the one place that knows where the package keeps them."""
+    return Path(str(resources.files("ttd").joinpath("assets", *parts)))
+
+
+def read_named_or_file(spec: str | os.PathLike, names: Sequence[str], folder: str, suffix: str, what: str,
+                       label: str, file_kind: str) -> tuple[str, str]:
+    """(text, source) of ``spec``: the shipped ``assets/folder/spec.suffix`` when ``spec`` is one
+    of ``names``, else the file at ``spec``; anything else is a one-line error listing the names."""
+    if str(spec) in names:
+        return asset(folder, f"{spec}{suffix}").read_text(encoding="utf-8"), f"{label} {spec}"
+    path = Path(spec)
+    if not path.is_file():
+        raise TTDError(f"unknown {what} {str(spec)!r}: choose one of {', '.join(names)} or give {file_kind}")
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def value_type(hint):
+    """The type a value must take for the annotation ``hint``: ``T`` for ``T | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint if not args or typing.get_origin(hint) is tuple else args[0]
+
+
+def coerce(value, hint):
+    """A value from YAML or the command line (``"1e-4"``, ``"q,v"``, ``"[1, 0.5]"``, ``"true"``) as
+    the type ``hint``: ``T | None``, ``tuple[T, ...]``, bool, int, float or str. The one reading of
+    training configurations and segmentation protocols; raises ValueError or TypeError."""
+    if value is None:
+        return None
+    hint = value_type(hint)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            items = value.strip("[]() ").split(",")
+        else:
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+        item = typing.get_args(hint)[0]
+        return tuple(coerce(v.strip() if isinstance(v, str) else v, item) for v in items if str(v).strip())
+    if hint is str:
+        return str(value)
+    if isinstance(value, str):
+        if hint is bool and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"cannot parse {value!r}") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if hint is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected a whole number")
+    return hint(value)
+
+
+def fingerprint(tensors) -> str:
+    """The one weight fingerprint: a short hash of the tensors' values as float32, the same on
+    any device and from any file format (adapters store it for their base weights; the text cache
+    and resumable evaluations key on it)."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def weights_version(module) -> tuple:
+    """Changes whenever a tensor of ``module`` is replaced (a new object, e.g. adapters) or updated
+    in place (an optimiser step, ``load_state_dict``): the cheap check before trusting a memo."""
+    return tuple((id(t), t._version) for t in module.state_dict(keep_vars=True).values())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -47,6 +126,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """The requested device, else CUDA when present, else CPU."""
+    import torch
+
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

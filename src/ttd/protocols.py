@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from importlib import resources
-from pathlib import Path
 
 import yaml
 
 from .errors import TTDError
+from .io import coerce, read_named_or_file
 
-__all__ = ["PRESETS", "TEMPLATE_SETS", "Protocol", "load_protocol", "load_templates", "parse_overrides"]
+__all__ = ["PRESETS", "TEMPLATE_SETS", "CAPTION_THRESHOLD", "Protocol", "load_protocol", "load_templates", "parse_overrides"]
 
 PRESETS = ("tcl", "ttd", "sclip", "miniworld")
+CAPTION_THRESHOLD = 0.40  # the paper's text-level segmentation threshold (a caption's heatmap ≥ it)
 TEMPLATE_SETS = ("tcl9", "openai80", "identity")
 BACKGROUND_RULES = ("threshold", "softmax")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -80,6 +81,7 @@ class Protocol:
 
 
 KNOBS = tuple(f.name for f in fields(Protocol) if f.name != "dataset")
+_HINTS = typing.get_type_hints(Protocol)
 
 
 def _validate(p: Protocol) -> None:
@@ -118,45 +120,21 @@ def _validate(p: Protocol) -> None:
 
 
 # --- parsing ---------------------------------------------------------------------------------
-_FLOAT_TUPLES = {"scales", "pixel_mean", "pixel_std"}
-_INT_TUPLES = {"pamr_dilations"}
-_OPTIONAL_INTS = {"short_side", "max_long_side", "crop_size", "stride"}
-_FLOATS = {"background_threshold", "logit_scale", "prob_threshold", "pamr_scale"}
-_BOOLS = {"flip", "synonyms", "pamr"}
-_STRINGS = {"name", "description", "resize_interpolation", "templates", "background", "dataset", "caption_normalize"}
-
-
-def _scalar(value):
-    return yaml.safe_load(value) if isinstance(value, str) else value
+_OPTIONAL_INTS = {"short_side", "max_long_side", "crop_size", "stride"}  # 0 also means none
 
 
 def _coerce(knob: str, value):
     """A knob's value from YAML or a ``--set`` string, in the type the dataclass expects."""
     if knob not in KNOBS and knob != "dataset":
         raise TTDError(f"unknown protocol knob {knob!r}; knobs: {', '.join(KNOBS)}")
-    if knob in _STRINGS:
+    hint = _HINTS[knob]
+    if str in typing.get_args(hint) or hint is str:
         return None if value is None else str(value).strip()
+    optional = type(None) in typing.get_args(hint)
+    if optional and (value in ("none", "null") or (knob in _OPTIONAL_INTS and value in (0, "0"))):
+        return None
     try:
-        if knob in _FLOAT_TUPLES | _INT_TUPLES:
-            if isinstance(value, str):
-                value = [v for v in value.strip("[]() ").split(",") if v.strip()]
-            if not isinstance(value, (list, tuple)):
-                value = [value]
-            cast = float if knob in _FLOAT_TUPLES else int
-            return tuple(cast(_scalar(v)) for v in value)
-        value = _scalar(value)
-        if knob in _OPTIONAL_INTS:
-            return None if value in (None, "none", "null", 0) else int(value)
-        if knob == "area_threshold":
-            return None if value in (None, "none", "null") else float(value)
-        if knob in _FLOATS:
-            return float(value)
-        if knob == "pamr_iterations":
-            return int(value)
-        if knob in _BOOLS:
-            if not isinstance(value, bool):
-                raise ValueError("expected true or false")
-            return value
+        return coerce(value, hint)
     except (TypeError, ValueError) as err:
         raise TTDError(f"protocol knob {knob}={value!r} cannot be read ({err})") from None
 
@@ -177,16 +155,7 @@ def parse_overrides(items: Sequence[str] | Mapping | None) -> dict:
 
 
 def _read_yaml(name_or_path: str | os.PathLike) -> dict:
-    if str(name_or_path) in PRESETS:
-        text = resources.files("ttd").joinpath("assets", "protocols", f"{name_or_path}.yaml").read_text()
-        source = f"preset {name_or_path}"
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise TTDError(
-                f"unknown protocol {str(name_or_path)!r}: choose one of {', '.join(PRESETS)} or give a YAML file"
-            )
-        text, source = path.read_text(encoding="utf-8"), str(path)
+    text, source = read_named_or_file(name_or_path, PRESETS, "protocols", ".yaml", "protocol", "preset", "a YAML file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -222,16 +191,7 @@ def load_protocol(
 def load_templates(spec: str | os.PathLike) -> list[str]:
     """A template set by name (``tcl9``, ``openai80``, ``identity``) or from a text file with one
     template per line, each containing ``{}`` where the class name goes."""
-    if str(spec) in TEMPLATE_SETS:
-        text = resources.files("ttd").joinpath("assets", "templates", f"{spec}.txt").read_text()
-        source = f"template set {spec}"
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise TTDError(
-                f"unknown templates {str(spec)!r}: choose one of {', '.join(TEMPLATE_SETS)} or give a text file"
-            )
-        text, source = path.read_text(encoding="utf-8"), str(path)
+    text, source = read_named_or_file(spec, TEMPLATE_SETS, "templates", ".txt", "templates", "template set", "a text file")
     templates = [line.strip() for line in text.splitlines() if line.strip()]
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:

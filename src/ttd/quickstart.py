@@ -23,7 +23,7 @@ from .data.manifest import ManifestRecord, read_manifest
 from .errors import TTDError
 from .evaluate.miniworld import EMBEDDED_ADAPTER, EMBEDDED_MODEL, SAMPLES_MANIFEST, miniworld_protocol
 from .io import atomic_write_bytes, markdown_table, save_json
-from .tags import TagSelector, clean_word
+from .method.tags import TagSelection, TagSelector, clean_word
 
 __all__ = ["QuickstartResult", "pick_samples", "run_quickstart"]
 
@@ -174,11 +174,11 @@ def run_quickstart(
 
     selections, heatmaps, summary = {}, {}, {"images": len(records)}
     for stage, m in models.items():
-        selector = TagSelector(m, "pixel", tau)
+        selector = TagSelector(m, TagSelection(tau=tau))
         selections[stage] = selector.select_batch([r.image for r in picked], [r.caption for r in picked])
         segmenter = Segmenter(m, protocol, use_cache=False)
         heatmaps[stage] = [segmenter.predict_caption(load_image(r.image), r.caption) for r in picked]
-        tags = evaluate_tags(records, m, scorers=["pixel"], threshold=tau, manifest=samples, progress=progress)
+        tags = evaluate_tags(records, m, scorers=["pixel"], selection=TagSelection(tau=tau), manifest=samples, progress=progress)
         caption = evaluate_captions(m, CaptionMaskDataset(records, str(samples)), protocol, threshold=caption_threshold,
                                     method=stage, figures=0, progress=progress)
         summary[stage] = {"tags": tags["rows"]["pixel"], "caption": {k: caption[k] for k in ("CaptionIoU", "mFPR", "mFNR")}}

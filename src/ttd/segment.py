@@ -23,10 +23,20 @@ from .cache import class_embeddings
 from .errors import TTDError
 from .images import normalize, resize_short_side, to_tensor
 from .pamr import pamr
-from .protocols import Protocol, load_protocol
+from .protocols import CAPTION_THRESHOLD, Protocol, load_protocol
 from .vocabulary import Vocabulary
 
-__all__ = ["Segmentation", "CaptionSegmentation", "Segmenter", "window_boxes", "apply_background_rule", "normalize_caption_map"]
+__all__ = [
+    "Segmentation",
+    "CaptionSegmentation",
+    "Segmenter",
+    "SegmentationFigure",
+    "segment_figure",
+    "window_boxes",
+    "apply_background_rule",
+    "normalize_caption_map",
+]
+
 
 
 @dataclass
@@ -251,3 +261,59 @@ def normalize_caption_map(heatmap: torch.Tensor, mode: str) -> torch.Tensor:
         return heatmap
     low, high = heatmap.min(), heatmap.max()
     return (heatmap - low) / (high - low).clamp(min=1e-6)
+
+
+# --- one image, shown: `ttd segment` ------------------------------------------------------------
+@dataclass
+class SegmentationFigure:
+    """One image segmented and drawn: the overlay with its legend, the heatmap grid (when asked
+    for), the share of the image (%) of every region shown and, for a caption, its threshold."""
+
+    overlay: Image.Image
+    heatmaps: Image.Image | None
+    shares: list[tuple[str, float]]
+    threshold: float | None = None
+
+
+def segment_figure(
+    segmenter: Segmenter,
+    image: Image.Image,
+    *,
+    classes: str | None = None,
+    text: str | None = None,
+    background: bool = True,
+    threshold: float | None = None,
+    heatmaps: bool = False,
+) -> SegmentationFigure:
+    """Segment ``image`` by ``classes`` (comma-separated names, or a classes.txt file; a background
+    class in front unless ``background`` is False) or by one caption ``text`` (its heatmap above
+    ``threshold``, :data:`CAPTION_THRESHOLD` by default), and draw the result."""
+    from pathlib import Path
+
+    from .viz import heatmap_grid, overlay, palette, with_legend
+
+    if text:
+        result = segmenter.predict_caption(image, text, CAPTION_THRESHOLD if threshold is None else threshold)
+        labels, colors, skip = result.mask.long(), [(0, 0, 0), (255, 60, 60)], (0,)
+        legend_names, legend_colors = [text], colors[1:]
+        heat, titles = result.heatmap[None], [text]
+        shares = [(text, 100.0 * result.mask.float().mean().item())]
+        used = result.threshold
+    else:
+        if Path(classes).is_file():
+            vocabulary = Vocabulary.from_file(classes)
+        else:
+            vocabulary = Vocabulary.from_names(classes, background=background)
+        segmenter.set_vocabulary(vocabulary)
+        result = segmenter.predict(image)
+        labels, colors = result.labels, palette(len(vocabulary), vocabulary.has_background)
+        skip = (0,) if vocabulary.has_background else ()
+        shown = sorted(labels.unique().tolist())
+        legend_names, legend_colors = [result.classes[k] for k in shown], [colors[k] for k in shown]
+        first = 1 if vocabulary.has_background else 0  # the background channel is not a heatmap
+        heat, titles = result.scores[first:], result.classes[first:]
+        shares = [(result.classes[k], 100.0 * (labels == k).float().mean().item()) for k in shown]
+        used = None
+    figure = with_legend(overlay(image, labels, colors, skip=skip), legend_names, legend_colors)
+    grid = heatmap_grid(image, heat.clamp(0, 1), titles) if heatmaps else None
+    return SegmentationFigure(figure, grid, shares, used)

@@ -7,7 +7,7 @@
   (``POST {base}/v1/chat/completions``: vLLM, llama.cpp, Ollama, TGI …) is asked which words of
   the caption name something depicted. Plain ``urllib``: no client library to install.
 
-Both return candidate tags of the caption (:func:`ttd.tags.candidate_tags`), in caption order.
+Both return candidate tags of the caption (:func:`ttd.method.tags.candidate_tags`), in caption order.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from .errors import TTDError
-from .tags import candidate_tags, clean_word
+from .method.tags import candidate_tags, clean_word
 
 __all__ = ["Tagger", "NounTagger", "LLMTagger", "TAGGERS", "create_tagger"]
 

@@ -1,7 +1,7 @@
 """The training loop: one or many processes (``torchrun``), exact checkpoint/resume, logging.
 
 The loop is generic over an *objective* (``(model, batch) -> (loss, metrics)``, see
-:mod:`ttd.objectives`); TTD (:func:`train`) is one objective and CLIP pretraining another.
+:mod:`ttd.method.objectives`); TTD (:func:`train`) is one objective and CLIP pretraining another.
 
 ``pretrain`` runs CLIP's contrastive objective from random weights with the same machinery.
 
@@ -14,56 +14,45 @@ the last block's q and k), which DDP only tolerates with an extra graph search e
 adapters' gradients are small, so one flat all-reduce costs less than DDP's buckets. (Full
 fine-tuning therefore does not overlap communication with the backward pass.)
 
-A checkpoint (``OUT/checkpoints/step_XXXXXXXX/``) holds the trainable parameters, the optimiser
-and scheduler, the configuration, and per process the RNG states of Python, NumPy, torch and CUDA
-plus the data position; it is written to a temporary folder and renamed, so it is complete or
-absent. ``resume`` continues from the newest one exactly: the parameters after step N of a
-resumed run equal those of an uninterrupted run.
+Checkpoints (:mod:`ttd.checkpoints`) hold everything a run needs to continue: ``resume`` continues
+from the newest one exactly, the parameters after step N of a resumed run equal those of an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
-import os
-import random
 import shutil
 import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
+from .checkpoints import latest_checkpoint, load_torch, publish_checkpoint, rng_state, save_torch, seed_everything, set_rng_state, step_dir
+from .config import TrainConfig, config_to_yaml
+from .distributed import Distributed, reduce_gradients
 from .errors import TTDError
-from .io import atomic_write_bytes, default_device
+from .io import atomic_write_bytes
+from .method.objectives import ContrastiveObjective, dense_label_objective, ttd_objective
 from .models.dense import DenseCLIP
-from .train_config import TrainConfig, config_to_yaml, load_config
 
 __all__ = [
-    "TrainConfig",
-    "load_config",
-    "config_to_yaml",
     "WarmupCosine",
-    "Distributed",
     "Trainer",
     "TrainResult",
     "train",
     "pretrain",
-    "resolve_config",
-    "latest_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS = "checkpoints"
 
 
 class WarmupCosine:
@@ -77,127 +66,6 @@ class WarmupCosine:
             return (step + 1) / (self.warmup + 1)
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# --- processes --------------------------------------------------------------------------------
-@dataclass
-class Distributed:
-    """This process's place in a (possibly one-process) run; started from torchrun's variables."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @classmethod
-    def setup(cls, device: str | None = None) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        if world > 1 and device in (None, "cuda") and torch.cuda.is_available():
-            device = f"cuda:{local_rank}"  # one GPU per process
-        dev = default_device(device)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        owns = False
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-            owns = True
-        if dist.is_initialized():
-            rank, world = dist.get_rank(), dist.get_world_size()
-        return cls(rank, world, local_rank, dev, owns)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1 and dist.is_initialized()
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def reduce_gradients(params: list[torch.nn.Parameter], weight: float, extra: list[float], dist_env: Distributed) -> list[float]:
-    """Make every process's gradients ``Σ_r w_r·g_r / Σ_r w_r`` with ONE all-reduce.
-
-    ``weight`` is this process's sample count; a parameter keeps no gradient only when it has
-    none on every process. ``extra`` values are summed alongside; returned with ``Σ w`` first.
-    """
-    if not dist_env.active:
-        return [weight, *extra]
-    device = params[0].device
-    chunks = [p.grad.flatten().float() * weight if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params]
-    flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
-    tail = torch.tensor([weight, *extra], dtype=torch.float32, device=device)
-    flat = torch.cat([*chunks, flags, tail])
-    dist.all_reduce(flat)
-    sums = flat[-len(tail) :].tolist()
-    total = max(sums[0], 1e-12)
-    offset = 0
-    for p, has in zip(params, flat[-len(tail) - len(params) : -len(tail)].tolist()):
-        n = p.numel()
-        p.grad = (flat[offset : offset + n] / total).view_as(p).to(p.dtype) if has else None
-        offset += n
-    return sums
-
-
-# --- checkpoints ------------------------------------------------------------------------------
-def _step_dir(out: Path, step: int) -> Path:
-    return out / CHECKPOINTS / f"step_{step:08d}"
-
-
-def latest_checkpoint(out: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder under ``out`` (None when there is none)."""
-    root = Path(out) / CHECKPOINTS
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
-
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _save_torch(obj, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _load_torch(path: Path):
-    if not path.is_file():
-        raise TTDError(f"checkpoint file missing: {path} (was the run written by a different number of processes?)")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --- the trainer ------------------------------------------------------------------------------
@@ -218,7 +86,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, objective, model: DenseCLIP | None = None, resume: bool = False):
-        from .data.pairs import PairLoader, check_data
+        from .data.pairs import PairLoader
         from .models.lora import base_fingerprint, inject_lora, set_trainable
 
         self.config = config.validate()
@@ -233,11 +101,8 @@ class Trainer:
         if config.precision == "bf16" and self.dist.device.type != "cuda":
             raise TTDError("bf16 mixed precision runs on CUDA only; use --precision fp32 (or auto) on CPU")
         self.autocast = self.dist.device.type == "cuda" and config.precision in ("auto", "bf16")
-        check_data(config.data)
-        if config.keep is not None and not Path(config.keep).is_file():
-            raise TTDError(f"keep-list not found: {config.keep}")
 
-        _seed_everything(config.seed)  # identical adapter initialisation in every process
+        seed_everything(config.seed)  # identical adapter initialisation in every process
         if model is None:
             from .models import load_model
 
@@ -266,7 +131,7 @@ class Trainer:
             data_state = self._load_checkpoint(checkpoint)
         else:
             data_state = None
-            _seed_everything(config.seed + self.dist.rank)  # per-process streams (dropout)
+            seed_everything(config.seed + self.dist.rank)  # per-process streams (dropout)
         self.loader = PairLoader(
             config.data,
             config.batch_size,
@@ -300,7 +165,7 @@ class Trainer:
 
     # --- checkpoints ---
     def _load_checkpoint(self, path: Path) -> dict:
-        state = _load_torch(path / "trainer.pt")
+        state = load_torch(path / "trainer.pt")
         if state["world"] != self.dist.world:
             raise TTDError(f"checkpoint {path} was written by {state['world']} process(es); resume with the same number (now {self.dist.world})")
         missing = sorted(set(self.names) ^ set(state["trainable"]))
@@ -310,25 +175,25 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        mine = _load_torch(path / f"rank{self.dist.rank}.pt")
-        _set_rng_state(mine["rng"])
+        mine = load_torch(path / f"rank{self.dist.rank}.pt")
+        set_rng_state(mine["rng"])
         self._interval = mine["log_interval"]  # so the first log after resuming averages the same steps
         return mine["data"]
 
     def save_checkpoint(self) -> Path:
         from .models.lora import save_adapter
 
-        final = _step_dir(self.out, self.step)
+        final = step_dir(self.out, self.step)
         tmp = final.with_name(final.name + ".tmp")
         if self.dist.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.dist.barrier()
-        mine = {"rng": _rng_state(), "data": self.loader.state_dict(), "log_interval": self._interval}
-        _save_torch(mine, tmp / f"rank{self.dist.rank}.pt")
+        mine = {"rng": rng_state(), "data": self.loader.state_dict(), "log_interval": self._interval}
+        save_torch(mine, tmp / f"rank{self.dist.rank}.pt")
         if self.dist.main:
             trainable = {n: p.detach().cpu() for n, p in zip(self.names, self.params)}
-            _save_torch(
+            save_torch(
                 {
                     "step": self.step,
                     "world": self.dist.world,
@@ -343,12 +208,7 @@ class Trainer:
             save_adapter(self.model, tmp / "adapter.safetensors")
         self.dist.barrier()
         if self.dist.main:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            done = sorted(p for p in final.parent.glob("step_*") if not p.name.endswith(".tmp"))
-            for old in done[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            publish_checkpoint(tmp, final, self.config.keep_checkpoints)
         self.dist.barrier()
         return final
 
@@ -486,63 +346,6 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def ttd_objective(config: TrainConfig):
-    from .objectives import TTDObjective
-
-    return TTDObjective(
-        scorer=config.scorer,
-        tau=config.tau,
-        score_norm=config.score_norm,
-        keep_argmax=config.keep_argmax,
-        tag_template=config.tag_template,
-        distance=config.distance,
-        distill_weight=config.distill_weight,
-        tag_weight=config.tag_weight,
-        eps=config.minmax_eps,
-        teacher=config.teacher,
-        tag_average=config.tag_average,
-    )
-
-
-def dense_label_objective(config: TrainConfig):
-    """InfoNCE + the dense class loss; class names from ``config.dense_classes`` (a classes.txt:
-    line i names class id i, first name per line) or the mini-world vocabulary."""
-    from .objectives import DenseLabelObjective
-
-    if config.dense_classes:
-        path = Path(config.dense_classes)
-        if not path.is_file():
-            raise TTDError(f"dense_classes file not found: {path}")
-        names = [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        from .data.miniworld import load_vocabulary
-
-        names = ["background", *(noun.name for noun in load_vocabulary())]
-    return DenseLabelObjective(names, config.dense_weight)
-
-
-def resolve_config(
-    path: str | os.PathLike | None, overrides: dict, resume: bool = False, defaults: dict | None = None
-) -> TrainConfig:
-    """The configuration of one ``ttd train`` call: the defaults (updated by ``defaults``; on
-    ``resume``, the run's saved configuration), then the YAML file at ``path``, then the flags in
-    ``overrides``."""
-    fresh = load_config(**(defaults or {}))
-    base = fresh
-    if resume:
-        out = overrides.get("out") or load_config(path, base=fresh).out
-        checkpoint = latest_checkpoint(out)
-        if checkpoint is None:
-            raise TTDError(f"no checkpoint under {out} to resume; drop --resume to start a new run")
-        base = load_config(checkpoint / "config.yaml")
-    config = load_config(path, base=base, **overrides)
-    if resume:
-        changed = [k for k, v in config.to_dict().items() if base.to_dict()[k] != v]
-        if changed and int(os.environ.get("RANK", "0")) == 0:
-            print(f"ttd: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
-    return config
-
-
 def train(
     config: TrainConfig,
     model: DenseCLIP | None = None,
@@ -575,17 +378,16 @@ def pretrain(
     from .io import save_json
     from .models import CLIPConfig, create_model
     from .models.weights import save_weights
-    from .objectives import ContrastiveObjective
 
     config = dataclasses.replace(config, finetune="full")
     saved_arch = Path(config.out) / "clip_config.json"
     if resume and saved_arch.is_file():
-        saved = CLIPConfig(**json.loads(saved_arch.read_text()))
+        saved = CLIPConfig.from_file(saved_arch)
         if clip_config is not None and clip_config != saved:
             raise TTDError(f"{config.out} was pretraining another architecture ({saved_arch}); resume without a new one")
         clip_config = saved
     clip_config = dataclasses.replace(clip_config or CLIPConfig(), image_size=config.image_size)
-    _seed_everything(config.seed)  # the same random initialisation in every process
+    seed_everything(config.seed)  # the same random initialisation in every process
     objective = dense_label_objective(config) if config.dense_weight > 0 else ContrastiveObjective()
     trainer = Trainer(config, objective, model=create_model(clip_config, dense=config.dense), resume=resume)
     try:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from .errors import TTDError
+from .io import asset
 
 __all__ = ["BUILTIN_VOCABULARIES", "Vocabulary"]
 
@@ -72,7 +72,7 @@ class Vocabulary:
         """The shipped class names of one of the eight benchmarks."""
         if name not in BUILTIN_VOCABULARIES:
             raise TTDError(f"no built-in class names for {name!r}; choose one of {', '.join(BUILTIN_VOCABULARIES)}")
-        text = resources.files("ttd").joinpath("assets", "classes", f"{name}.txt").read_text()
+        text = asset("classes", f"{name}.txt").read_text(encoding="utf-8")
         return cls.from_lines(text.splitlines(), f"classes/{name}.txt")
 
     @classmethod

@@ -30,6 +30,7 @@ from PIL import Image
 
 from ..data.manifest import ManifestRecord, read_manifest
 from ..data.segmentation import IGNORE_INDEX, read_label
+from ..distributed import Distributed, owns_process_group
 from ..errors import TTDError
 from ..images import load_image
 from ..io import markdown_table
@@ -37,7 +38,7 @@ from ..metrics import ConfusionMatrix, TagCoverage
 from ..protocols import CAPTION_NORMALIZATIONS, Protocol
 from ..segment import Segmenter, normalize_caption_map
 from ..viz import overlay, panels, with_legend
-from .runtime import DistContext, evaluation_loop, open_checkpoint, write_result
+from .runtime import evaluation_loop, open_checkpoint, write_result
 
 __all__ = ["CaptionMaskDataset", "evaluate_captions", "caption_markdown"]
 
@@ -159,6 +160,7 @@ def _figure(sample: CaptionSample, prediction: torch.Tensor) -> Image.Image:
     return with_legend(figure, [sample.caption], [COLORS[1]])
 
 
+@owns_process_group
 def evaluate_captions(
     model,
     dataset: CaptionMaskDataset,
@@ -173,13 +175,12 @@ def evaluate_captions(
     resume: bool = True,
     checkpoint_every: int = 25,
     workers: int = 0,
-    ctx: DistContext | None = None,
+    ctx: Distributed | None = None,
     progress: bool = True,
 ) -> dict:
     """CaptionIoU (%), mFPR and mFNR of the thresholded caption heatmaps over ``dataset``, the
     caption class's own figures and the single-tag-bias figures, on the raw and on the min-max
     normalised map (headline: the protocol's ``caption_normalize``)."""
-    ctx = ctx or DistContext()
     segmenter = Segmenter(model, protocol.replace(caption_normalize="none"), window_batch=window_batch)
     metric = CaptionMetrics(threshold)
     key = {"task": "caption", "records": len(dataset), "limit": limit, "threshold": threshold,
@@ -203,7 +204,7 @@ def evaluate_captions(
         "task": "caption segmentation",
         "method": method,
         "records": min(len(dataset), limit) if limit is not None else len(dataset),
-        "processes": ctx.world_size,
+        "processes": ctx.world,
         "threshold": threshold,
         "caption_normalize": protocol.caption_normalize,
         **{k: v for k, v in headline.items() if k != "confusion_matrix"},

@@ -12,12 +12,11 @@ reproduction (``benchmarks/reproduce_miniworld.py``).
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
+from ..io import asset
 
 __all__ = ["ASSETS", "EMBEDDED_MODEL", "EMBEDDED_ADAPTER", "SAMPLES_MANIFEST", "miniworld_protocol"]
 
-ASSETS = Path(str(resources.files("ttd") / "assets" / "miniworld"))
+ASSETS = asset("miniworld")
 EMBEDDED_MODEL = "miniworld"
 EMBEDDED_ADAPTER = ASSETS / "ttd_adapter.safetensors"
 SAMPLES_MANIFEST = ASSETS / "samples" / "tags.jsonl"

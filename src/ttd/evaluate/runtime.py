@@ -1,4 +1,4 @@
-"""What every evaluation loop shares: torchrun sharding and resumable confusion-matrix state.
+"""What every evaluation loop shares: its shard of the data and resumable confusion-matrix state.
 
 Under ``torchrun --nproc_per_node N -m ttd eval ...`` each process takes every N-th image and the
 confusion matrices are summed at the end, so the numbers equal a single-process run. The state of
@@ -11,60 +11,26 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from ..cache import weights_fingerprint
+from ..distributed import Distributed
 from ..io import atomic_write_bytes, save_json
 
-__all__ = ["DistContext", "init_distributed", "EvalCheckpoint", "evaluation_loop"]
-
-
-@dataclass(frozen=True)
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def shard(self, indices: list[int]) -> list[int]:
-        return indices[self.rank :: self.world_size]
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def init_distributed(device: str | None = None) -> DistContext:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA);
-    a plain single-process context otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistContext()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DistContext(rank, world_size, local_rank)
+__all__ = ["EvalCheckpoint", "evaluation_loop"]
 
 
 class EvalCheckpoint:
     """One process's partial counts, saved atomically as safetensors with the run's key."""
 
-    def __init__(self, out_dir: str | os.PathLike, key: dict, ctx: DistContext):
+    def __init__(self, out_dir: str | os.PathLike, key: dict, ctx: Distributed):
         self.key = json.dumps(key, sort_keys=True)
-        self.path = Path(out_dir) / ".state" / f"rank{ctx.rank}-of-{ctx.world_size}.safetensors"
+        self.path = Path(out_dir) / ".state" / f"rank{ctx.rank}-of-{ctx.world}.safetensors"
 
     def load(self) -> tuple[torch.Tensor, int] | None:
         """(matrix, images done) of an earlier run with the same key, else None."""
@@ -87,7 +53,7 @@ class EvalCheckpoint:
         self.path.unlink(missing_ok=True)
 
 
-def open_checkpoint(out_dir, key: dict, model, ctx: DistContext, resume: bool) -> EvalCheckpoint | None:
+def open_checkpoint(out_dir, key: dict, model, ctx: Distributed, resume: bool) -> EvalCheckpoint | None:
     """The checkpoint of an evaluation writing to ``out_dir`` (None without one); its key adds the
     model's weights fingerprint and variant, so a changed model never resumes stale counts."""
     if out_dir is None:
@@ -99,9 +65,9 @@ def open_checkpoint(out_dir, key: dict, model, ctx: DistContext, resume: bool) -
     return checkpoint
 
 
-def write_result(result: dict, markdown: str, out_dir, ctx: DistContext) -> None:
+def write_result(result: dict, markdown: str, out_dir, ctx: Distributed) -> None:
     """``results.json`` and ``results.md`` in ``out_dir``, written once, by the main process."""
-    if out_dir is not None and ctx.is_main:
+    if out_dir is not None and ctx.main:
         save_json(result, Path(out_dir) / "results.json")
         atomic_write_bytes(Path(out_dir) / "results.md", markdown.encode())
 
@@ -115,7 +81,7 @@ def evaluation_loop(
     predict,
     metric,
     *,
-    ctx: DistContext,
+    ctx: Distributed,
     checkpoint: EvalCheckpoint | None = None,
     limit: int | None = None,
     desc: str = "eval",
@@ -141,12 +107,12 @@ def evaluation_loop(
         torch.utils.data.Subset(dataset, indices[done:]), batch_size=None, num_workers=workers, collate_fn=_identity
     )
     bar = tqdm(total=len(indices), initial=done, desc=desc, unit="img", dynamic_ncols=True,
-               disable=not (progress and ctx.is_main))
+               disable=not (progress and ctx.main))
     start = time.perf_counter()
     for step, sample in enumerate(loader, start=done):
         prediction, target = predict(sample)
         metric.update(prediction, target)
-        if figure is not None and figure_dir is not None and ctx.is_main and step < figures:
+        if figure is not None and figure_dir is not None and ctx.main and step < figures:
             Path(figure_dir).mkdir(parents=True, exist_ok=True)
             figure(sample, prediction).save(Path(figure_dir) / f"{sample.name.replace('/', '_')}.png")
         bar.update(1)

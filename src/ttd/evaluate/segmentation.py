@@ -15,13 +15,14 @@ import torch
 from PIL import Image
 
 from ..data.segmentation import IGNORE_INDEX, SegmentationDataset
+from ..distributed import Distributed, owns_process_group
 from ..io import markdown_table
 from ..metrics import ConfusionMatrix
 from ..protocols import Protocol
 from ..segment import Segmenter
 from ..viz import IGNORE_COLOR, overlay, palette, panels, with_legend
 from ..vocabulary import Vocabulary
-from .runtime import DistContext, evaluation_loop, open_checkpoint, write_result
+from .runtime import evaluation_loop, open_checkpoint, write_result
 
 __all__ = ["DATASET_TITLES", "evaluate_segmentation", "prediction_figure"]
 
@@ -58,6 +59,7 @@ def _percent(x: float) -> float:
     return round(100.0 * x, 2) if not math.isnan(x) else float("nan")
 
 
+@owns_process_group
 def evaluate_segmentation(
     model,
     dataset: SegmentationDataset,
@@ -72,7 +74,7 @@ def evaluate_segmentation(
     resume: bool = True,
     checkpoint_every: int = 25,
     workers: int = 0,
-    ctx: DistContext | None = None,
+    ctx: Distributed | None = None,
     progress: bool = True,
 ) -> dict:
     """Segment every image of ``dataset`` (the first ``limit``) and score it against its labels.
@@ -80,12 +82,11 @@ def evaluate_segmentation(
     Returns the result dict (also written to ``out_dir`` by the main process): ``mIoU``,
     ``mFPR``, ``mFNR``, ``aAcc`` in percent / fractions, per-class values, the protocol used.
     """
-    ctx = ctx or DistContext()
     vocabulary = dataset.vocabulary
-    if ctx.is_main:  # the main process fills the text cache; the others then read it
+    if ctx.main:  # the main process fills the text cache; the others then read it
         segmenter = Segmenter(model, protocol, vocabulary, use_cache=use_cache, window_batch=window_batch)
     ctx.barrier()
-    if not ctx.is_main:
+    if not ctx.main:
         segmenter = Segmenter(model, protocol, vocabulary, use_cache=use_cache, window_batch=window_batch)
 
     metric = ConfusionMatrix(len(vocabulary))
@@ -112,7 +113,7 @@ def evaluate_segmentation(
         "method": method,
         "dataset": dataset.name,
         "images": min(len(dataset), limit) if limit is not None else len(dataset),
-        "processes": ctx.world_size,
+        "processes": ctx.world,
         "mIoU": _percent(scores["mIoU"]),
         "mFPR": round(scores["mFPR"], 4),
         "mFNR": round(scores["mFNR"], 4),

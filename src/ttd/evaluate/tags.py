@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from ..data.manifest import ManifestRecord
 from ..errors import TTDError
 from ..io import markdown_table, save_json
+from ..method.tags import SCORINGS, TagSelection, TagSelector, check_scorings, clean_word, tag_candidates
 from ..metrics import TagMetrics
-from ..tags import SCORINGS, TagSelector, check_scorings, clean_word, select_tags, tag_candidates
 from ..taggers import Tagger
 
 __all__ = ["SCORER_LABELS", "evaluate_tags", "tags_table", "write_tags_report"]
@@ -44,11 +44,7 @@ def evaluate_tags(
     model=None,
     scorers: Sequence[str] = SCORINGS,
     taggers: Sequence[Tagger] = (),
-    threshold: float = 0.5,
-    normalize: str = "softmax",
-    keep_argmax: bool = False,
-    stopwords: bool = False,
-    template: str | None = None,
+    selection: TagSelection | None = None,
     batch_size: int = 32,
     manifest: str | os.PathLike = "manifest",
     progress: bool = True,
@@ -58,9 +54,11 @@ def evaluate_tags(
     Returns ``{"rows": {name: metrics}, "settings": …, "captions": …, …}``; metrics are fractions
     (see :class:`ttd.metrics.TagMetrics`). Manifest tags that are not candidates of their caption
     (other spellings, multi-word tags, stop words under ``stopwords``) cannot be decided and are
-    counted in ``truth_tags_not_candidates``.
+    counted in ``truth_tags_not_candidates``. ``selection`` holds τ and the other settings; every one
+    of ``scorers`` is decided with them (its own ``scorer`` is not used).
     """
     manifest = str(manifest)
+    selection = selection or TagSelection()
     scorers = check_scorings(scorers) if scorers else ()
     if not scorers and not taggers:
         raise TTDError("nothing to evaluate: give at least one scorer or tagger")
@@ -68,14 +66,14 @@ def evaluate_tags(
         raise TTDError("scorers need a model; pass one (or evaluate taggers only)")
     if batch_size < 1:
         raise TTDError(f"batch size must be at least 1, got {batch_size}")
-    words = [_candidates(r, stopwords, manifest) for r in records]
+    words = [_candidates(r, selection.stopwords, manifest) for r in records]
     depicted = [{clean_word(t) for t in r.tags} - {""} for r in records]
     truth = [torch.tensor([w in d for w in ws], dtype=torch.bool) for d, ws in zip(depicted, words)]
     missed = sum(len(d - set(ws)) for d, ws in zip(depicted, words))
 
     selector = None
     if scorers:
-        selector = TagSelector(model, scorers[0], threshold, normalize, keep_argmax, stopwords, template)
+        selector = TagSelector(model, selection, scorer=scorers[0])
     names = [*scorers, *(t.name for t in taggers)]
     metrics = {name: TagMetrics() for name in names}
 
@@ -86,7 +84,7 @@ def evaluate_tags(
             if selector is not None:
                 scored = selector.score_batch([r.image for r in batch], captions, scorers)
                 for name in scorers:
-                    chosen = select_tags(scored.scores[name], threshold, keep_argmax, scored.valid)
+                    chosen = selection.decide(scored.scores[name], scored.valid)
                     for i in range(len(batch)):
                         n = len(scored.words[i])
                         metrics[name].update(scored.row(name, i), chosen[i, :n], truth[start + i])
@@ -103,11 +101,11 @@ def evaluate_tags(
         "captions": len(records),
         "truth_tags_not_candidates": missed,
         "settings": {
-            "threshold": threshold,
-            "normalize": normalize,
-            "keep_argmax": keep_argmax,
-            "stopwords": stopwords,
-            "template": template,
+            "tau": selection.tau,
+            "normalize": selection.normalize,
+            "keep_argmax": selection.keep_argmax,
+            "stopwords": selection.stopwords,
+            "template": selection.template,
             "model": getattr(model, "source", None),
             "dense": getattr(model, "name", None),
         },
@@ -124,7 +122,7 @@ def tags_table(result: dict) -> str:
         rows.append([result["labels"][name], *percent, "–" if m["map"] is None else 100.0 * m["map"]])
     s = result["settings"]
     note = (
-        f"{result['captions']} captions; τ = {s['threshold']}, normalisation {s['normalize']}"
+        f"{result['captions']} captions; τ = {s['tau']}, normalisation {s['normalize']}"
         + (", keep arg-max" if s["keep_argmax"] else "")
         + (", stop words removed" if s["stopwords"] else "")
         + (f", template {s['template']!r}" if s["template"] else "")

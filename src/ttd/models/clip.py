@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,24 @@ class CLIPConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_file(cls, path) -> CLIPConfig:
+        """The fields in a YAML (or JSON) file, e.g. ``ttd pretrain --clip-config``; one-line errors."""
+        import yaml
+
+        from ..errors import TTDError
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except OSError as err:
+            raise TTDError(f"cannot read the CLIP config {path}: {err.strerror}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known) if isinstance(values, dict) else ["<not a mapping>"]
+        if unknown:
+            raise TTDError(f"CLIP config {path}: unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}")
+        return cls(**values)
 
 
 class QuickGELU(nn.Module):

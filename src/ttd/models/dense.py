@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TTDError
+from ..io import weights_version
 from .clip import CLIP, ResidualAttentionBlock
 from .tokenizer import tokenize
 
@@ -68,6 +69,10 @@ class DenseCLIP(nn.Module):
         self.clip = clip
         self.calibration = calibration or HeatmapCalibration()
         self.source = source
+        # adapter state, kept by ttd.models.lora and the trainer and saved with an adapter:
+        self.finetune = "lora"  # what training updates: "lora" (adapters + calibration) or "full"
+        self.lora_config = None  # the LoRAConfig of injected adapters; None without (or after merging)
+        self.base_fingerprint: str | None = None  # of the base weights, taken before training changes them
         self._text_cache: dict[str, torch.Tensor] = {}
         self._text_cache_key: tuple = ()
 
@@ -104,11 +109,6 @@ class DenseCLIP(nn.Module):
         """Token ids → L2-normalised text embeddings, never cached (use this when training)."""
         return self.clip.encode_tokens(tokens.to(self.device), normalize=True)
 
-    def _weights_key(self) -> tuple:
-        # Any in-place update (optimiser step, load_state_dict) bumps a tensor's version; a new
-        # parameter object (adapters) changes the ids. Either invalidates cached text embeddings.
-        return tuple((id(p), p._version) for p in self.parameters())
-
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Strings → (N, C) L2-normalised embeddings; each distinct string is encoded once.
 
@@ -119,7 +119,7 @@ class DenseCLIP(nn.Module):
             texts = [texts]
         if self.training:
             return self._encode_unique(list(dict.fromkeys(texts)), texts)
-        key = self._weights_key()
+        key = weights_version(self)  # any change to the weights invalidates cached text embeddings
         if key != self._text_cache_key:
             self._text_cache, self._text_cache_key = {}, key
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]

@@ -20,7 +20,6 @@ a fingerprint of them, the dense variant and the LoRA settings.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TTDError
+from ..io import fingerprint
 from .clip import Attention
 from .dense import DenseCLIP
 
@@ -242,7 +242,7 @@ def set_trainable(model: DenseCLIP, finetune: str = "lora", calibration: bool = 
 
 def adapter_state_dict(model: DenseCLIP) -> dict[str, torch.Tensor]:
     """What an adapter file stores: LoRA weights and calibration, or everything after full fine-tuning."""
-    full = getattr(model, "finetune", "lora") == "full"
+    full = model.finetune == "full"
     return {k: v.detach() for k, v in model.state_dict().items() if full or _is_adapter_param(k)}
 
 
@@ -255,8 +255,7 @@ def merge_adapter(model: DenseCLIP) -> DenseCLIP:
                 block.attn = block.attn.merged()
             elif isinstance(block.attn.out_proj, LoRALinear):
                 block.attn.out_proj = block.attn.out_proj.merged()
-    if hasattr(model, "lora_config"):
-        del model.lora_config
+    model.lora_config = None
     model.clear_text_cache()
     return model
 
@@ -264,22 +263,18 @@ def merge_adapter(model: DenseCLIP) -> DenseCLIP:
 def base_fingerprint(model: DenseCLIP) -> str:
     """A short hash of base tensors that LoRA never touches (independent of file path and device)."""
     sd = model.clip.state_dict()
-    digest = hashlib.sha256()
-    for key in _FINGERPRINT_KEYS:
-        digest.update(sd[key].detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return fingerprint(sd[key] for key in _FINGERPRINT_KEYS)
 
 
 def _metadata(model: DenseCLIP) -> dict:
-    finetune = getattr(model, "finetune", "lora")
-    lora = getattr(model, "lora_config", None)
+    finetune, lora = model.finetune, model.lora_config
     if finetune == "lora" and lora is None:
         raise TTDError("the model holds no LoRA adapters to save; inject_lora and train it first")
     return {
         "format": ADAPTER_FORMAT,
         "version": ADAPTER_VERSION,
-        "base": getattr(model, "source", "unknown"),
-        "base_fingerprint": getattr(model, "base_fingerprint", None) or base_fingerprint(model),
+        "base": model.source,
+        "base_fingerprint": model.base_fingerprint or base_fingerprint(model),
         "dense": model.name,
         "clip_config": model.config.to_dict(),
         "finetune": finetune,
@@ -348,7 +343,7 @@ def _check_base(model: DenseCLIP, meta: dict, where: Path) -> None:
     if meta["finetune"] == "lora" and meta["base_fingerprint"] != base_fingerprint(model):
         raise TTDError(
             f"adapter {where} was trained on base weights {meta['base']!r} (fingerprint {meta['base_fingerprint']}) "
-            f"but the model holds {getattr(model, 'source', 'unknown')!r} (fingerprint {base_fingerprint(model)}); "
+            f"but the model holds {model.source!r} (fingerprint {base_fingerprint(model)}); "
             "load the matching --model"
         )
 

@@ -8,23 +8,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import TTDError
+from .io import coerce, value_type
 
-__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_config", "config_to_yaml", "add_config_flags", "config_overrides"]
+__all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_config", "resolve_config", "config_to_yaml", "add_config_flags", "config_overrides"]
 
 DEFAULT_MODEL = "ViT-B-16/openai"
 # keys that mean nothing to `ttd pretrain` (random weights, every weight trained, InfoNCE)
 TTD_ONLY = (
-    "model", "quick_gelu", "teacher", "scorer", "tau", "score_norm", "keep_argmax", "tag_template", "distance",
+    "model", "quick_gelu", "teacher", "scorer", "tau", "normalize", "keep_argmax", "template", "distance",
     "distill_weight", "tag_weight", "minmax_eps", "finetune", "lora_rank", "lora_alpha", "lora_dropout",
     "lora_targets", "lora_towers", "train_calibration", "calibration_lr",
 )
 # keys that mean nothing to `ttd train` (the auxiliary dense objective of pretraining)
 PRETRAIN_ONLY = ("dense_weight", "dense_classes")
+# old names in the config.yaml of runs saved before the knobs took one name each, so they resume
+_RENAMED = {"score_norm": "normalize", "tag_template": "template"}
 
 
 def _opt(default, help: str, choices: tuple | None = None):
@@ -60,11 +64,11 @@ class TrainConfig:
     device: str | None = _opt(None, "cpu, cuda … (default: cuda when present; torchrun: cuda:LOCAL_RANK)")
     # TTD (METHOD §4-§5)
     teacher: str = _opt("online", "who selects the tags: online (the current model) or frozen (the model before training)", ("online", "frozen"))
-    scorer: str = _opt("pixel", "tag scorer of the selection: pixel (Eq. 2) or image (Eq. 1)")
+    scorer: str = _opt("pixel", "tag scorer of the selection: pixel (Eq. 2), image (Eq. 1), text (Eq. 7), image-text or a registered one")
     tau: float = _opt(0.5, "selection threshold τ on the tag scores")
-    score_norm: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))
+    normalize: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))
     keep_argmax: bool = _opt(False, "always select each caption's best-scoring tag")
-    tag_template: str = _opt("{}", "prompt of a tag, e.g. 'a photo of a {}.' ({} = the raw word)")
+    template: str = _opt("{}", "prompt of a tag, e.g. 'a photo of a {}.' ({} = the raw word)")
     distance: str = _opt("mse", "distance d of Eq. 4-5", ("l1", "mse", "bce"))
     distill_weight: float = _opt(1.0, "weight of L_distill (Eq. 4); 0 = the 'L_tag only' ablation")
     tag_weight: float = _opt(1.0, "λ, weight of L_tag (Eq. 5); 0 = the 'L_distill only' ablation")
@@ -84,7 +88,7 @@ class TrainConfig:
     calibration_lr: float | None = _opt(
         None, "peak learning rate of the calibration w, b (default: lr); Adam moves each scalar by about lr per step"
     )
-    # pretraining only: auxiliary dense objective from object masks (ttd.objectives.DenseLabelObjective)
+    # pretraining only: auxiliary dense objective from object masks (ttd.method.objectives.DenseLabelObjective)
     dense_weight: float = _opt(0.0, "pretrain: weight of the per-patch class loss on the shards' object masks (0: plain InfoNCE)")
     dense_classes: str = _opt("", "pretrain: classes.txt naming the masks' class ids (default: the mini-world vocabulary)")
     # bookkeeping
@@ -94,7 +98,8 @@ class TrainConfig:
     tensorboard: bool = _opt(True, "write TensorBoard events when tensorboard is installed")
 
     def validate(self) -> TrainConfig:
-        """Raise a one-line :class:`TTDError` for the first bad value."""
+        """Raise a one-line :class:`TTDError` for the first bad value: the one place a run's
+        settings are checked (the trainer adds only what needs the device or the output folder)."""
         if not self.data:
             raise TTDError("no training data: pass --data (a JSONL manifest or WebDataset shards)")
         for name in ("steps", "batch_size", "image_size", "log_every", "save_every", "keep_checkpoints", "shuffle_buffer"):
@@ -122,7 +127,19 @@ class TrainConfig:
         except ValueError as err:
             raise TTDError(str(err)) from None
         self.lora_config()  # validates rank, dropout, targets, towers
+        self.selection()  # validates the template
+        from .data.pairs import check_data
+
+        check_data(self.data)  # the files last: a bad value above is named without touching the disk
+        if self.keep is not None and not Path(self.keep).is_file():
+            raise TTDError(f"keep-list not found: {self.keep}")
         return self
+
+    def selection(self):
+        """The settings of TTD step 1 (:class:`ttd.method.tags.TagSelection`)."""
+        from .method.tags import TagSelection
+
+        return TagSelection(self.scorer, self.tau, self.normalize, self.keep_argmax, template=self.template)
 
     def lora_config(self):
         from .models.lora import LoRAConfig
@@ -135,25 +152,11 @@ class TrainConfig:
 
 
 def _coerce(name: str, value, hint):
-    """A YAML or flag value → the field's type (YAML reads ``1e-4`` as a string)."""
-    if value is None:
-        return None
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = hint if not args or typing.get_origin(hint) is tuple else args[0]
+    """A YAML or flag value → the field's type, or a one-line error naming the key."""
     try:
-        if typing.get_origin(base) is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(v).strip() for v in items if str(v).strip())
-        if base is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if base is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return base(value)
+        return coerce(value, hint)
     except (TypeError, ValueError):
+        base = value_type(hint)
         raise TTDError(f"config key {name!r}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
 
 
@@ -174,7 +177,8 @@ def load_config(path: str | os.PathLike | None = None, base: TrainConfig | None 
             raise TTDError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(loaded, dict):
             raise TTDError(f"config file {path} must hold a mapping of keys to values")
-        updates.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        keys = (str(k).replace("-", "_") for k in loaded)
+        updates.update({_RENAMED.get(k, k): v for k, v in zip(keys, loaded.values())})
     updates.update(overrides)
     unknown = sorted(set(updates) - set(hints))
     if unknown:
@@ -184,15 +188,35 @@ def load_config(path: str | os.PathLike | None = None, base: TrainConfig | None 
     return TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
 
 
+def resolve_config(
+    path: str | os.PathLike | None, overrides: dict, resume: bool = False, defaults: dict | None = None
+) -> TrainConfig:
+    """The configuration of one ``ttd train`` call: the defaults (updated by ``defaults``; on
+    ``resume``, the run's saved configuration), then the YAML file at ``path``, then the flags in
+    ``overrides``."""
+    from .checkpoints import latest_checkpoint
+    from .distributed import is_main_process
+
+    fresh = load_config(**(defaults or {}))
+    base = fresh
+    if resume:
+        out = overrides.get("out") or load_config(path, base=fresh).out
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            raise TTDError(f"no checkpoint under {out} to resume; drop --resume to start a new run")
+        base = load_config(checkpoint / "config.yaml")
+    config = load_config(path, base=base, **overrides)
+    if resume:
+        changed = [k for k, v in config.to_dict().items() if base.to_dict()[k] != v]
+        if changed and is_main_process():
+            print(f"ttd: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+    return config
+
+
 def config_to_yaml(config: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
-
-
-def _flag_type(hint):
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return hint if not args or typing.get_origin(hint) is tuple else args[0]
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -202,7 +226,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
-        kind = _flag_type(hints[f.name])
+        kind = value_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = ",".join(default) if isinstance(default, tuple) else default
         choices = f.metadata.get("choices")

@@ -13,91 +13,34 @@ weight processes by their batch sizes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..distributed import gather_with_grad
+from ..errors import TTDError
+from ..models.dense import DenseCLIP
+from ..models.lora import adapters_disabled
+from ..models.tokenizer import tokenize
 from .distill import DISTANCES, TAG_AVERAGES, ttd_loss
-from .errors import TTDError
-from .models.dense import DenseCLIP
-from .models.lora import adapters_disabled
-from .models.tokenizer import tokenize
-from .tags import NORMALIZATIONS, candidate_tags, check_template, image_tag_scores, pixel_tag_scores, select_tags, tag_prompt
+from .tags import TAG_SCORERS, SelectionInputs, TagSelection, batch_tags, candidate_tags
+
+if TYPE_CHECKING:  # the configuration is built above the method; only its type is named here
+    from ..config import TrainConfig
 
 __all__ = [
-    "TagBatch",
-    "SelectionInputs",
-    "TAG_SCORERS",
-    "register_tag_scorer",
-    "batch_tags",
     "TTDObjective",
     "ContrastiveObjective",
     "DenseLabelObjective",
     "patch_labels",
+    "ttd_objective",
+    "dense_label_objective",
 ]
-
-
-@dataclass
-class TagBatch:
-    """The candidate tags of a batch of captions, padded: ``words[b][k]`` is embedded as
-    ``unique[index[b, k]]`` where ``valid[b, k]``; padding sits after each row's tags."""
-
-    words: list[list[str]]
-    unique: list[str]
-    index: torch.Tensor  # (B, N) long
-    valid: torch.Tensor  # (B, N) bool
-
-
-def batch_tags(captions: Sequence[str], tagger: Callable[[str], list[str]] = candidate_tags) -> TagBatch:
-    words = [tagger(c) for c in captions]
-    unique = list(dict.fromkeys(w for row in words for w in row))
-    position = {w: i for i, w in enumerate(unique)}
-    width = max((len(row) for row in words), default=0)
-    index = torch.zeros(len(words), width, dtype=torch.long)
-    valid = torch.zeros(len(words), width, dtype=torch.bool)
-    for b, row in enumerate(words):
-        index[b, : len(row)] = torch.tensor([position[w] for w in row], dtype=torch.long)
-        valid[b, : len(row)] = True
-    return TagBatch(words, unique, index, valid)
-
-
-@dataclass
-class SelectionInputs:
-    """Everything a tag scorer may look at, all detached from the graph."""
-
-    captions: Sequence[str]
-    tags: TagBatch
-    global_emb: torch.Tensor  # (B, C)  f(I)
-    tag_emb: torch.Tensor  # (B, N, C) g(t_k)
-    tag_cosines: torch.Tensor  # (B, N, h, w) cos_{t_k}(p)
-    norm: str  # score normalisation across tags: softmax | minmax | none
-
-
-def _pixel_scores(inp: SelectionInputs) -> torch.Tensor:
-    """Eq. 2, per location across tags, then the maximum over locations."""
-    return pixel_tag_scores(inp.tag_cosines, inp.norm, inp.tags.valid.to(inp.tag_cosines.device))
-
-
-def _image_scores(inp: SelectionInputs) -> torch.Tensor:
-    """Eq. 1, from the global image embedding."""
-    scores = torch.zeros(inp.tag_emb.shape[:2], device=inp.tag_emb.device)
-    for b, n in enumerate(inp.tags.valid.sum(dim=1).tolist()):
-        if n:
-            scores[b, :n] = image_tag_scores(inp.global_emb[b], inp.tag_emb[b, :n], inp.norm).float()
-    return scores
-
-
-# A scorer maps SelectionInputs to scores (B, N) in [0, 1]; tags scoring ≥ τ are selected. A
-# caption-only tagger (nouns, an LLM) plugs in as a scorer returning 1 for the words it picks.
-TAG_SCORERS: dict[str, Callable[[SelectionInputs], torch.Tensor]] = {"pixel": _pixel_scores, "image": _image_scores}
-
-
-def register_tag_scorer(name: str, scorer: Callable[[SelectionInputs], torch.Tensor]) -> None:
-    TAG_SCORERS[name] = scorer
 
 
 TEACHERS = ("online", "frozen")
@@ -111,17 +54,14 @@ class TTDObjective:
     that same pass (no gradient, no second pass; with LoRA dropout above 0 the selection sees the
     dropped-out pass). ``teacher="frozen"``: the model as it was before training selects, in an
     extra pass without gradient (adapters switched off; a frozen copy under full fine-tuning).
+    ``selection``: the settings of step 1; its scorer is one of :data:`TAG_SCORERS`.
     """
 
     metrics = ("l_distill", "l_tag", "selected", "candidates", "calibration_w", "calibration_b")
 
     def __init__(
         self,
-        scorer: str = "pixel",
-        tau: float = 0.5,
-        score_norm: str = "softmax",
-        keep_argmax: bool = False,
-        tag_template: str = "{}",
+        selection: TagSelection | None = None,
         distance: str = "mse",
         distill_weight: float = 1.0,
         tag_weight: float = 1.0,
@@ -131,23 +71,22 @@ class TTDObjective:
     ):
         if teacher not in TEACHERS:
             raise TTDError(f"unknown teacher {teacher!r}; choose one of: {', '.join(TEACHERS)}")
-        if scorer not in TAG_SCORERS:
-            raise TTDError(f"unknown tag scorer {scorer!r}; choose one of: {', '.join(TAG_SCORERS)}")
+        selection = selection or TagSelection()
+        if selection.scorer not in TAG_SCORERS:
+            raise TTDError(f"unknown tag scorer {selection.scorer!r}; choose one of: {', '.join(TAG_SCORERS)}")
+        if teacher == "frozen" and selection.scorer in ("text", "image-text"):
+            raise TTDError("the frozen teacher does not embed captions; choose scorer pixel or image")
         if tag_average not in TAG_AVERAGES:
             raise TTDError(f"unknown tag average {tag_average!r}; choose one of: {', '.join(TAG_AVERAGES)}")
         if distance not in DISTANCES:
             raise TTDError(f"unknown distance {distance!r}; choose one of: {', '.join(DISTANCES)}")
-        if score_norm not in NORMALIZATIONS:
-            raise TTDError(f"unknown score normalisation {score_norm!r}; choose one of: {', '.join(NORMALIZATIONS)}")
-        check_template(tag_template)
-        self.scorer, self.tau, self.score_norm, self.keep_argmax = scorer, tau, score_norm, keep_argmax
-        self.tag_template, self.distance = tag_template, distance
+        self.selection, self.distance = selection, distance
         self.distill_weight, self.tag_weight, self.eps = distill_weight, tag_weight, eps
         self.teacher, self._frozen, self.tag_average = teacher, None, tag_average
 
     def prepare(self, model: DenseCLIP) -> None:
         """Called by the trainer before any update: keep a frozen copy when one is needed."""
-        if self.teacher == "frozen" and getattr(model, "finetune", "lora") == "full":
+        if self.teacher == "frozen" and model.finetune == "full":
             self._frozen = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -161,12 +100,12 @@ class TTDObjective:
 
     def __call__(self, model: DenseCLIP, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         context = model.config.context_length
-        tags = batch_tags(batch.captions)
+        tags = batch_tags(batch.captions, partial(candidate_tags, stopwords=self.selection.stopwords))
         global_emb, dense = model.encode_image(batch.images)
         caption_emb = model.encode_tokens(tokenize(batch.captions, context))
         index = tags.index.to(model.device)
         # tags are short: one call, padded only to the longest tag of the batch
-        tag_tokens = tokenize([tag_prompt(t, self.tag_template) for t in tags.unique] or [""], context)
+        tag_tokens = tokenize([self.selection.prompt(t) for t in tags.unique] or [""], context)
         tag_emb = model.encode_tokens(tag_tokens)[index]
         if self.teacher == "frozen":
             teacher_seen = self._teacher_pass(model, batch.images, tag_tokens, index)
@@ -181,8 +120,10 @@ class TTDObjective:
                     seen = global_emb.detach().float(), tag_emb.detach(), tag_cosines.detach()
                 else:
                     seen = tuple(t.float() for t in teacher_seen)
-                scores = TAG_SCORERS[self.scorer](SelectionInputs(batch.captions, tags, *seen, self.score_norm))
-                selected = select_tags(scores, self.tau, self.keep_argmax, tags.valid.to(scores.device))
+                s = self.selection
+                inputs = SelectionInputs(batch.captions, tags, *seen, s.normalize, caption_emb.detach())
+                scores = TAG_SCORERS[s.scorer](inputs)
+                selected = s.decide(scores, tags.valid.to(scores.device))
             valid = tags.valid.to(selected.device)
             out = ttd_loss(caption_map, tag_maps, selected, valid, self.distance, self.tag_weight, self.distill_weight, self.eps,
                            self.tag_average)
@@ -195,21 +136,6 @@ class TTDObjective:
             "calibration_b": model.calibration.bias.detach(),
         }
         return out.total, metrics
-
-
-def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All processes' rows (gradients flow back to their owners) and this process's offset."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x, 0
-    from torch.distributed.nn.functional import all_gather
-
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-    sizes = [int(s) for s in sizes]
-    padded = F.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))  # all_gather needs equal shapes
-    parts = all_gather(padded)
-    rank = dist.get_rank()
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sum(sizes[:rank])
 
 
 class ContrastiveObjective:
@@ -229,8 +155,8 @@ class ContrastiveObjective:
     def loss(model: DenseCLIP, image: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """InfoNCE of normalised image embeddings (B, C) against the captions' embeddings."""
         text = model.encode_tokens(tokenize(captions, model.config.context_length))
-        all_image, offset = _gather_with_grad(image)
-        all_text, _ = _gather_with_grad(text)
+        all_image, offset = gather_with_grad(image)
+        all_text, _ = gather_with_grad(text)
         scale = model.clip.logit_scale.exp().clamp(max=100)
         labels = torch.arange(offset, offset + image.shape[0], device=image.device)
         loss = (F.cross_entropy(scale * image @ all_text.T, labels) + F.cross_entropy(scale * text @ all_image.T, labels)) / 2
@@ -324,3 +250,32 @@ class DenseLabelObjective:
             dense_loss, accuracy = self.dense_loss(model, dense.float(), batch.labels, batch.label_words)
         metrics.update(l_contrastive=contrastive.detach(), l_dense=dense_loss.detach(), dense_acc=accuracy.detach())
         return contrastive + self.weight * dense_loss, metrics
+
+
+# --- construction from a training configuration ---------------------------------------------
+def ttd_objective(config: TrainConfig) -> TTDObjective:
+    """The TTD objective with the settings of ``config``."""
+    return TTDObjective(
+        config.selection(),
+        distance=config.distance,
+        distill_weight=config.distill_weight,
+        tag_weight=config.tag_weight,
+        eps=config.minmax_eps,
+        teacher=config.teacher,
+        tag_average=config.tag_average,
+    )
+
+
+def dense_label_objective(config: TrainConfig) -> DenseLabelObjective:
+    """InfoNCE + the dense class loss; class names from ``config.dense_classes`` (a classes.txt:
+    line i names class id i, first name per line) or the mini-world vocabulary."""
+    if config.dense_classes:
+        path = Path(config.dense_classes)
+        if not path.is_file():
+            raise TTDError(f"dense_classes file not found: {path}")
+        names = [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from ..data.miniworld import load_vocabulary
+
+        names = ["background", *(noun.name for noun in load_vocabulary())]
+    return DenseLabelObjective(names, config.dense_weight)

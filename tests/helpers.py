@@ -1,4 +1,4 @@
-"""Tiny fixtures for the training tests: random models, images, manifests and shards."""
+"""The tests' one helper module: the tiny CLIP shape, tiny random models, image-text pairs, manifests and shards."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), 
 SHAPES = ("square", "stripe", "dot")
 
 
-def tiny_model(seed: int = 0, dense: str = "maskclip"):
+def tiny_model(dense: str = "maskclip", seed: int = 0, **overrides):
+    """A tiny random dense model in eval mode, the same weights for the same seed."""
     torch.manual_seed(seed)
-    return ttd.create_model(TINY, dense=dense)
+    return ttd.create_model(TINY, dense=dense, **overrides).eval()
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[bytes, str]]:

@@ -1,5 +1,12 @@
 """Candidate tags of a caption and TTD step 1: tag scoring and selection (METHOD §3–§4).
 
+* candidates: every word of the caption (:func:`candidate_tags`), padded per batch (:func:`batch_tags`);
+* scores: ``s_image`` (Eq. 1, :func:`image_tag_scores`), ``s_pixel`` (Eq. 2, :func:`pixel_tag_scores`),
+  ``s_text`` (Eq. 7, :func:`text_tag_scores`), normalised across the candidates (:func:`normalize_scores`);
+* selection: ``s(t_k) ≥ τ`` (:func:`select_tags`), with every setting in one frozen
+  :class:`TagSelection` that the selector, the training objective, the Table 2 evaluation and the
+  training configuration share.
+
 The score functions are pure tensor functions of embeddings, so training (online selection with
 the current model) and evaluation share one definition. :class:`TagSelector` runs them on a model
 for many captions at once: every image of a batch goes through ONE ``encode_image`` call, every
@@ -13,22 +20,27 @@ import os
 import re
 import string
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .errors import TTDError
+from ..errors import TTDError
+from ..io import asset
 
 __all__ = [
     "SCORINGS",
     "NORMALIZATIONS",
+    "TAG_SCORERS",
+    "SelectionInputs",
+    "TagBatch",
+    "TagSelection",
     "TagScore",
     "TagScores",
     "TagSelector",
+    "batch_tags",
     "candidate_tags",
     "check_scorings",
     "check_template",
@@ -41,10 +53,10 @@ __all__ = [
     "text_tag_scores",
     "pixel_tag_scores",
     "select_tags",
+    "register_tag_scorer",
 ]
 
 CLIP_LOGIT_SCALE = 100.0
-SCORINGS = ("pixel", "image", "text", "image-text")
 NORMALIZATIONS = ("softmax", "minmax", "none")
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}“”‘’«»…—–]")
 
@@ -55,17 +67,21 @@ def clean_word(word: str) -> str:
     return _PUNCT.sub("", word.lower())
 
 
-def candidate_tags(caption: str) -> list[str]:
+def candidate_tags(caption: str, stopwords: bool = False) -> list[str]:
     """The paper's candidates: every whitespace word, lower-cased, punctuation stripped,
-    duplicates removed (first occurrence kept), stop words kept."""
+    duplicates removed (first occurrence kept), stop words kept unless ``stopwords``."""
     words = (clean_word(w) for w in caption.split())
-    return list(dict.fromkeys(w for w in words if w))
+    words = list(dict.fromkeys(w for w in words if w))
+    if stopwords:
+        stop = english_stopwords()
+        words = [w for w in words if w not in stop]
+    return words
 
 
 @lru_cache(maxsize=1)
 def english_stopwords() -> frozenset[str]:
     """The fixed English stop-word list of the ``stopwords`` option (``ttd/assets/stopwords_en.txt``)."""
-    text = resources.files("ttd").joinpath("assets/stopwords_en.txt").read_text(encoding="utf-8")
+    text = asset("stopwords_en.txt").read_text(encoding="utf-8")
     return frozenset(w for w in (line.strip() for line in text.splitlines()) if w and not w.startswith("#"))
 
 
@@ -75,20 +91,41 @@ def _quote(text: str, limit: int = 60) -> str:
 
 
 def tag_candidates(caption: str, stopwords: bool = False) -> list[str]:
-    """:func:`candidate_tags`, optionally without :func:`english_stopwords`.
+    """:func:`candidate_tags` of user input, checked: a caption must be a string with words.
 
     A caption without any word (empty, only punctuation) is an error; a caption made only of stop
     words has no candidates under ``stopwords=True`` (an empty list, not an error).
     """
     if not isinstance(caption, str):
         raise TTDError(f"a caption must be a string, got {type(caption).__name__}")
-    words = candidate_tags(caption)
-    if not words:
+    if not candidate_tags(caption):
         raise TTDError(f"caption {_quote(caption)} has no words to tag (empty or only punctuation); give a caption with words")
-    if stopwords:
-        stop = english_stopwords()
-        words = [w for w in words if w not in stop]
-    return words
+    return candidate_tags(caption, stopwords)
+
+
+@dataclass
+class TagBatch:
+    """The candidate tags of a batch of captions, padded: ``words[b][k]`` is embedded as
+    ``unique[index[b, k]]`` where ``valid[b, k]``; padding sits after each row's tags."""
+
+    words: list[list[str]]
+    unique: list[str]
+    index: torch.Tensor  # (B, N) long
+    valid: torch.Tensor  # (B, N) bool
+
+
+def batch_tags(captions: Sequence[str], tagger: Callable[[str], list[str]] = candidate_tags) -> TagBatch:
+    """The candidates of every caption, each distinct word once (embed ``unique``, then index)."""
+    words = [tagger(c) for c in captions]
+    unique = list(dict.fromkeys(w for row in words for w in row))
+    position = {w: i for i, w in enumerate(unique)}
+    width = max((len(row) for row in words), default=0)
+    index = torch.zeros(len(words), width, dtype=torch.long)
+    valid = torch.zeros(len(words), width, dtype=torch.bool)
+    for b, row in enumerate(words):
+        index[b, : len(row)] = torch.tensor([position[w] for w in row], dtype=torch.long)
+        valid[b, : len(row)] = True
+    return TagBatch(words, unique, index, valid)
 
 
 def check_template(template: str | None) -> None:
@@ -108,7 +145,7 @@ def tag_prompt(word: str, template: str | None = None) -> str:
 
 
 def _warn_if_truncated(text: str, what: str, context_length: int) -> None:
-    from .models.tokenizer import count_tokens
+    from ..models.tokenizer import count_tokens
 
     n = count_tokens(text)
     if n > context_length:
@@ -192,6 +229,91 @@ def select_tags(
     return selected
 
 
+# --- the scorer table: one per name, for the selector, the objective and the evaluation --------
+@dataclass
+class SelectionInputs:
+    """Everything a scorer may look at for a batch, all detached from the graph; what no asked-for
+    scorer needs may be None."""
+
+    captions: Sequence[str]
+    tags: TagBatch
+    global_emb: torch.Tensor | None  # (B, C)  f(I)
+    tag_emb: torch.Tensor  # (B, N, C) g(t_k)
+    tag_cosines: torch.Tensor | None  # (B, N, h, w) cos_{t_k}(p)
+    normalize: str  # score normalisation across tags: softmax | minmax | none
+    caption_emb: torch.Tensor | None = None  # (B, C)  g(T)
+
+    def valid(self, like: torch.Tensor) -> torch.Tensor:
+        return self.tags.valid.to(like.device)
+
+
+def _pixel_scores(inp: SelectionInputs) -> torch.Tensor:
+    return pixel_tag_scores(inp.tag_cosines, inp.normalize, inp.valid(inp.tag_cosines))
+
+
+def _image_scores(inp: SelectionInputs) -> torch.Tensor:
+    return image_tag_scores(inp.global_emb, inp.tag_emb, inp.normalize, inp.valid(inp.tag_emb))
+
+
+def _text_scores(inp: SelectionInputs) -> torch.Tensor:
+    return text_tag_scores(inp.caption_emb, inp.tag_emb, inp.normalize, inp.valid(inp.tag_emb))
+
+
+# A scorer maps SelectionInputs to scores (B, N); tags scoring ≥ τ are selected. A caption-only
+# tagger (nouns, an LLM) plugs in as a scorer returning 1 for the words it picks.
+TAG_SCORERS: dict[str, Callable[[SelectionInputs], torch.Tensor]] = {
+    "pixel": _pixel_scores,  # Eq. 2
+    "image": _image_scores,  # Eq. 1
+    "text": _text_scores,  # Eq. 7
+    "image-text": lambda inp: _image_scores(inp) - _text_scores(inp),  # Table 2's baseline row
+}
+SCORINGS = tuple(TAG_SCORERS)  # the paper's four, whatever is registered later
+
+
+def register_tag_scorer(name: str, scorer: Callable[[SelectionInputs], torch.Tensor]) -> None:
+    """Add a scorer for training (``scorer: name``), ``TagSelector`` and ``ttd eval tags``."""
+    TAG_SCORERS[name] = scorer
+
+
+# --- the settings of a selection -------------------------------------------------------------
+@dataclass(frozen=True)
+class TagSelection:
+    """Every setting of step 1, one object: built once (from flags, a config or keywords) and
+    handed to :class:`TagSelector`, the training objective and the Table 2 evaluation, so the
+    knobs have one name and one check everywhere.
+
+    ``scorer``: the score that decides (``pixel``, Eq. 2, by default). ``tau``: τ, a tag is
+    selected when its score ≥ τ. ``normalize``: across the candidates, ``softmax`` at CLIP's logit
+    scale 100 (default), ``minmax`` or ``none``. ``keep_argmax``: also keep each caption's best tag.
+    ``stopwords``: drop :func:`english_stopwords` from the candidates. ``template``: the prompt of a
+    tag, e.g. ``"a photo of a {}."`` (``None`` or ``"{}"``: the raw word, the paper's choice).
+    """
+
+    scorer: str = "pixel"
+    tau: float = 0.5
+    normalize: str = "softmax"
+    keep_argmax: bool = False
+    stopwords: bool = False
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise TTDError(f"unknown score normalisation {self.normalize!r}; choose softmax, minmax or none")
+        check_template(self.template)
+        object.__setattr__(self, "tau", float(self.tau))
+
+    def candidates(self, caption: str) -> list[str]:
+        """The candidates of one caption under these settings (an error for a caption without words)."""
+        return tag_candidates(caption, self.stopwords)
+
+    def prompt(self, word: str) -> str:
+        return tag_prompt(word, self.template)
+
+    def decide(self, scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The selection rule applied to scores (…, N)."""
+        return select_tags(scores, self.tau, self.keep_argmax, valid)
+
+
 # --- running the scores on a model ----------------------------------------------------------
 @dataclass(frozen=True)
 class TagScore:
@@ -221,40 +343,18 @@ class TagScores:
 class TagSelector:
     """TTD step 1 on a dense model: score the candidate tags of captions and select the depicted ones.
 
-    ``scoring``: ``pixel`` (Eq. 2, default), ``image`` (Eq. 1), ``text`` (Eq. 7) or ``image-text``
-    (the difference ``s_image − s_text``). ``normalize``: ``softmax`` (at CLIP's logit scale 100,
-    default), ``minmax`` or ``none``. ``threshold`` τ and ``keep_argmax`` decide the selection;
-    ``stopwords`` drops :func:`english_stopwords` from the candidates; ``template`` (e.g.
-    ``"a photo of a {}."``) prompts each tag, the raw word by default. Images may be PIL images,
+    ``selection`` (or its fields as keywords, e.g. ``TagSelector(model, scorer="image", tau=0.3)``)
+    holds the settings; its ``scorer`` may be ``pixel`` (Eq. 2), ``image`` (Eq. 1), ``text``
+    (Eq. 7) or ``image-text`` (the difference ``s_image − s_text``). Images may be PIL images,
     paths, or preprocessed tensors (3, H, W); PIL images and paths are preprocessed with
     :func:`ttd.images.preprocess` at ``image_size`` (the model's own by default).
     """
 
-    def __init__(
-        self,
-        model,
-        scoring: str = "pixel",
-        threshold: float = 0.5,
-        normalize: str = "softmax",
-        keep_argmax: bool = False,
-        stopwords: bool = False,
-        template: str | None = None,
-        image_size: int | None = None,
-    ):
+    def __init__(self, model, selection: TagSelection | None = None, image_size: int | None = None, **settings):
         self.model = model
-        self.scoring = check_scorings([scoring])[0]
-        if normalize not in NORMALIZATIONS:
-            raise TTDError(f"unknown score normalisation {normalize!r}; choose softmax, minmax or none")
-        check_template(template)
-        self.threshold = float(threshold)
-        self.normalize = normalize
-        self.keep_argmax = keep_argmax
-        self.stopwords = stopwords
-        self.template = template
+        self.selection = replace(selection or TagSelection(), **settings)
+        check_scorings([self.selection.scorer])
         self.image_size = image_size or model.config.image_size
-
-    def candidates(self, caption: str) -> list[str]:
-        return tag_candidates(caption, self.stopwords)
 
     # --- images ---
     def _pixels(self, images) -> tuple[torch.Tensor, list[int]]:
@@ -263,7 +363,7 @@ class TagSelector:
         The same path (or the same object) given twice is encoded once."""
         from PIL import Image
 
-        from .images import load_image, preprocess
+        from ..images import load_image, preprocess
 
         if isinstance(images, torch.Tensor):
             if images.ndim == 3:
@@ -300,11 +400,12 @@ class TagSelector:
         """Scores of every candidate of every caption, under each of ``scorings`` (default: the
         selector's own), from one image encoding and one text encoding for the whole batch."""
         with torch.no_grad():
-            return self._score_batch(images, captions, check_scorings(scorings or [self.scoring]))
+            return self._score_batch(images, captions, check_scorings(scorings or [self.selection.scorer]))
 
     def _score_batch(self, images, captions: Sequence[str], scorings: tuple[str, ...]) -> TagScores:
         captions = list(captions)
-        words = [self.candidates(c) for c in captions]
+        selection = self.selection
+        tags = batch_tags(captions, selection.candidates)
         needs_image = any(s != "text" for s in scorings)
         needs_caption = any(s in ("text", "image-text") for s in scorings)
         if needs_image:
@@ -314,8 +415,8 @@ class TagSelector:
 
         model = self.model
         context = model.config.context_length
-        prompts = [tag_prompt(w, self.template) for w in dict.fromkeys(w for ws in words for w in ws)]
-        if self.template is not None:
+        prompts = [selection.prompt(w) for w in tags.unique]
+        if selection.template is not None:
             for p in prompts:
                 _warn_if_truncated(p, "tag prompt", context)
         if needs_caption:
@@ -324,36 +425,22 @@ class TagSelector:
         texts = list(dict.fromkeys(prompts + (captions if needs_caption else [])))
         embedded = model.encode_text(texts).float()
         row_of = {t: i for i, t in enumerate(texts)}
-
-        width = max((len(ws) for ws in words), default=0)
-        index = torch.zeros(len(words), width, dtype=torch.long)
-        valid = torch.zeros(len(words), width, dtype=torch.bool)
-        for i, ws in enumerate(words):
-            index[i, : len(ws)] = torch.tensor([row_of[tag_prompt(w, self.template)] for w in ws], dtype=torch.long)
-            valid[i, : len(ws)] = True
-        index, valid = index.to(embedded.device), valid.to(embedded.device)
+        prompt_rows = torch.tensor([row_of[p] for p in prompts], dtype=torch.long)
+        index, valid = prompt_rows[tags.index].to(embedded.device), tags.valid.to(embedded.device)
         tag_emb = embedded[index]  # (B, N, C)
 
-        base: dict[str, torch.Tensor] = {}
+        inputs = SelectionInputs(captions, tags, None, tag_emb, None, selection.normalize)
         if needs_image:
             param = model.clip.text_projection
             global_emb, dense = model.encode_image(pixels.to(param.device, param.dtype))
             rows = torch.tensor(image_index, device=global_emb.device)
-            global_emb, dense = global_emb[rows].float(), dense[rows].float()
-            if "image" in scorings or "image-text" in scorings:
-                base["image"] = image_tag_scores(global_emb, tag_emb, self.normalize, valid)
-            if "pixel" in scorings:
-                base["pixel"] = pixel_tag_scores(model.similarity(dense, tag_emb).float(), self.normalize, valid)
+            inputs.global_emb, dense = global_emb[rows].float(), dense[rows].float()
+            if any(s not in ("image", "text", "image-text") for s in scorings):
+                inputs.tag_cosines = model.similarity(dense, tag_emb).float()
         if needs_caption:
-            caption_emb = embedded[torch.tensor([row_of[c] for c in captions], device=embedded.device)]
-            base["text"] = text_tag_scores(caption_emb, tag_emb, self.normalize, valid)
-        if "image-text" in scorings:
-            base["image-text"] = base["image"] - base["text"]
-        return TagScores(words=words, valid=valid, scores={name: base[name].cpu() for name in scorings})
-
-    def decide(self, scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """The selection rule of this selector applied to scores (…, N)."""
-        return select_tags(scores, self.threshold, self.keep_argmax, valid)
+            inputs.caption_emb = embedded[torch.tensor([row_of[c] for c in captions], device=embedded.device)]
+        scores = {name: TAG_SCORERS[name](inputs).cpu() for name in scorings}
+        return TagScores(words=tags.words, valid=valid, scores=scores)
 
     def select_batch(self, images, captions: Sequence[str], batch_size: int = 32) -> list[list[TagScore]]:
         """:meth:`select` for many image-caption pairs, ``batch_size`` pairs per model call."""
@@ -364,8 +451,8 @@ class TagSelector:
         results: list[list[TagScore]] = []
         for start in range(0, len(captions), batch_size):
             batch = self.score_batch(images[start : start + batch_size], captions[start : start + batch_size])
-            scores = batch.scores[self.scoring]
-            chosen = self.decide(scores, batch.valid)
+            scores = batch.scores[self.selection.scorer]
+            chosen = self.selection.decide(scores, batch.valid)
             for i, ws in enumerate(batch.words):
                 results.append([TagScore(w, float(scores[i, k]), bool(chosen[i, k])) for k, w in enumerate(ws)])
         return results
@@ -379,8 +466,8 @@ def check_scorings(scorings: Iterable[str]) -> tuple[str, ...]:
     """Validate scoring names (one-line error naming the bad one); duplicates removed."""
     names = tuple(dict.fromkeys(s.strip() for s in scorings))
     for name in names:
-        if name not in SCORINGS:
-            raise TTDError(f"unknown tag scoring {name!r}; choose from {', '.join(SCORINGS)}")
+        if name not in TAG_SCORERS:
+            raise TTDError(f"unknown tag scoring {name!r}; choose from {', '.join(TAG_SCORERS)}")
     if not names:
-        raise TTDError(f"no tag scoring given; choose from {', '.join(SCORINGS)}")
+        raise TTDError(f"no tag scoring given; choose from {', '.join(TAG_SCORERS)}")
     return names

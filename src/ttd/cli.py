@@ -50,7 +50,8 @@ DEFAULT_MODEL = "ViT-B-16/openai"
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The flags every command that runs a model shares."""
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"weights name or local file (default {DEFAULT_MODEL})")
-    p.add_argument("--dense", default="maskclip", help="dense variant: clip, maskclip, sclip, clearclip, naclip")
+    p.add_argument("--dense", default=None,
+                   help="dense variant: clip, maskclip, sclip, clearclip, naclip, tcl (default: tcl for TCL's checkpoint, else maskclip)")
     p.add_argument("--adapter", default=None, help="a TTD adapter (safetensors) trained with `ttd train`")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when present)")
     p.add_argument(
@@ -455,8 +456,8 @@ def _add_eval_caption(sub) -> None:
     p.set_defaults(run=_run_eval_caption)
 
 
-def _method_label(args) -> str:
-    return args.method or f"{args.dense} ({args.model}{' + ' + args.adapter if args.adapter else ''})"
+def _method_label(args, model) -> str:
+    return args.method or f"{model.name} ({args.model}{' + ' + args.adapter if args.adapter else ''})"
 
 
 def _resolve_protocol(args, dataset: str | None = None, extra: dict | None = None):
@@ -506,7 +507,7 @@ def _run_eval_seg(args) -> int:
     ctx, model = _start_eval(args)
     try:
         result = evaluate_segmentation(
-            model, dataset, protocol, args.out, method=_method_label(args), limit=args.limit, figures=args.figures,
+            model, dataset, protocol, args.out, method=_method_label(args, model), limit=args.limit, figures=args.figures,
             window_batch=args.window_batch, use_cache=args.use_cache, resume=args.resume, workers=args.workers, ctx=ctx,
         )
     finally:
@@ -528,7 +529,7 @@ def _run_eval_caption(args) -> int:
     ctx, model = _start_eval(args)
     try:
         result = evaluate_captions(
-            model, dataset, protocol, args.out, threshold=args.threshold, method=_method_label(args), limit=args.limit,
+            model, dataset, protocol, args.out, threshold=args.threshold, method=_method_label(args, model), limit=args.limit,
             figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers, ctx=ctx,
         )
     finally:

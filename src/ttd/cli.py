@@ -132,7 +132,8 @@ def _run_tags(args) -> int:
 
 def _add_eval_tags(eval_sub) -> None:
     p = eval_sub.add_parser("tags", help="multi-tag selection (the paper's Table 2): P, R, F1, Acc, mAP")
-    p.add_argument("--data", required=True, help="JSONL manifest with image, caption and tags per line")
+    p.add_argument("--data", required=True,
+                   help="JSONL manifest with image, caption and tags per line, or the TTD authors' cc3m_for_evaluation/ folder")
     p.add_argument("--scorers", default="pixel,image,text,image-text", help="comma list of pixel, image, text, image-text ('' for none)")
     p.add_argument("--taggers", default="", help="comma list of caption-only taggers: nouns, llm")
     p.add_argument("--llm-url", default=None, help="OpenAI-compatible endpoint for the llm tagger (or TTD_LLM_URL)")
@@ -146,7 +147,7 @@ def _add_eval_tags(eval_sub) -> None:
 
 
 def _run_eval_tags(args) -> int:
-    from .data.manifest import read_manifest
+    from .data.layouts import read_records
     from .evaluate.tags import evaluate_tags, tags_table, write_tags_report
     from .tags import check_scorings
     from .taggers import TAGGERS, create_tagger
@@ -158,7 +159,7 @@ def _run_eval_tags(args) -> int:
         if name not in TAGGERS:
             raise TTDError(f"unknown tagger {name!r}; choose from {', '.join(TAGGERS)}")
     taggers = [create_tagger(name, **options.get(name, {})) for name in names]
-    records = read_manifest(args.data)
+    records = read_records(args.data)
     model = load_model_from_args(args) if scorers else None
     result = evaluate_tags(
         records, model, scorers, taggers, args.threshold, args.normalize, args.keep_argmax,
@@ -440,7 +441,10 @@ def _add_eval_seg(sub) -> None:
     p = sub.add_parser("seg", help="open-vocabulary semantic segmentation on a benchmark (mIoU, mFPR, mFNR)")
     p.add_argument("--dataset", required=True,
                    help="voc21 voc20 context60 context59 coco_object coco_stuff171 cityscapes ade20k, or generic")
-    p.add_argument("--root", help="dataset folder (mmsegmentation layout; generic: images/, masks/, classes.txt)")
+    p.add_argument("--root", help="dataset folder (mmsegmentation or TTD layout; generic: images/, masks/, classes.txt)")
+    p.add_argument("--layout", default="auto", choices=["auto", "mmseg", "ttd"],
+                   help="folder layout: mmseg (VOCdevkit/…), ttd (the TTD authors' VOC2012/validation/{image,mask}/ …), "
+                        "auto (default: ttd when image/ and mask/ are there)")
     _add_protocol_args(p, "ttd")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not read or write the text cache")
     _add_eval_run_args(p)
@@ -449,7 +453,8 @@ def _add_eval_seg(sub) -> None:
 
 def _add_eval_caption(sub) -> None:
     p = sub.add_parser("caption", help="caption-level segmentation on a JSONL manifest (CaptionIoU, mFPR, mFNR)")
-    p.add_argument("--data", help="JSONL manifest whose records have image, caption and caption_mask")
+    p.add_argument("--data", help="JSONL manifest whose records have image, caption and caption_mask, "
+                                  "or the TTD authors' cc3m_for_evaluation/ folder")
     p.add_argument("--threshold", type=float, default=CAPTION_THRESHOLD, help="heatmap threshold (default 0.40)")
     _add_protocol_args(p, "tcl")
     _add_eval_run_args(p)
@@ -496,14 +501,14 @@ def _finish_eval(ctx) -> None:
 
 
 def _run_eval_seg(args) -> int:
-    from .data.segmentation import load_segmentation_dataset
+    from .data.layouts import load_dataset
     from .evaluate.segmentation import evaluate_segmentation, segmentation_markdown
 
     protocol = _resolve_protocol(args, args.dataset)
     if args.print_protocol:
         return 0
     _require(args, "root", "out")
-    dataset = load_segmentation_dataset(args.dataset, args.root)
+    dataset = load_dataset(args.dataset, args.root, args.layout)
     ctx, model = _start_eval(args)
     try:
         result = evaluate_segmentation(
@@ -519,13 +524,14 @@ def _run_eval_seg(args) -> int:
 
 
 def _run_eval_caption(args) -> int:
+    from .data.layouts import read_records
     from .evaluate.caption import CaptionMaskDataset, caption_markdown, evaluate_captions
 
     protocol = _resolve_protocol(args)
     if args.print_protocol:
         return 0
     _require(args, "data", "out")
-    dataset = CaptionMaskDataset.from_manifest(args.data)
+    dataset = CaptionMaskDataset(read_records(args.data, masks=True), str(args.data))
     ctx, model = _start_eval(args)
     try:
         result = evaluate_captions(

@@ -14,7 +14,7 @@ from ttd.cli import main
 from ttd.errors import TTDError
 from ttd.models import CLIPConfig, create_model
 from ttd.models.lora import load_adapter
-from ttd.models.tcl import Gate, GatedDecoder, load_tcl
+from ttd.models.tcl import ConvBlock, Gate, GatedDecoder, load_tcl
 from ttd.models.weights import save_weights
 from ttd.train import train
 from ttd.train_config import load_config
@@ -131,6 +131,18 @@ def test_decoder_matches_a_hand_computation():
     y = y + block(dec.net[0].conv2, y)
     with torch.no_grad():
         assert torch.allclose(dec(x)[0], y, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_upsampled_conv_block_equals_the_block_on_the_upsampled_map(kernel):
+    torch.manual_seed(kernel)
+    block = ConvBlock(5, kernel).double()
+    with torch.no_grad():
+        block.gate.gate.fill_(0.8)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        expected = block(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        assert torch.allclose(block.forward_upsampled(x), expected, atol=1e-12)
 
 
 def test_masker_block_is_self_only_attention_with_residual_and_mlp():

@@ -78,9 +78,42 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
         self.gate = Gate()
 
+    def _activate(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.gate(self.conv(F.gelu(x)))
+        return self.gate(self.conv(self._activate(x)))
+
+    def forward_upsampled(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(up2(x))`` for a ×2 nearest upsample ``up2``, at 4/9 of the conv's cost.
+
+        Norm and GELU act per pixel, so they commute with the upsample; a k×k conv over a
+        nearest-upsampled map is, for each of the four output phases, a smaller conv over the
+        original map with summed taps (2×2 for k = 3). Same result, no 4×-sized intermediates.
+        """
+        a = self._activate(x)
+        weight, r = self.conv.weight, self.conv.kernel_size[0] // 2
+        phases = []
+        for p in (0, 1):
+            row, (top, bottom) = _phase_taps(p, r, weight)
+            cols = []
+            for q in (0, 1):
+                col, (left, right) = _phase_taps(q, r, weight)
+                kernel = torch.einsum("ad,oidk,bk->oiab", row, weight, col)
+                cols.append(F.conv2d(F.pad(a, (left, right, top, bottom)), kernel, self.conv.bias))
+            phases.append(torch.stack(cols, dim=-1))  # (B, C, H, W, q)
+        b, c, h, w = a.shape
+        return self.gate(torch.stack(phases, dim=3).reshape(b, c, 2 * h, 2 * w))  # (B, C, H, p, W, q)
+
+
+def _phase_taps(phase: int, radius: int, like: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Which tap of a (2r+1)-tap kernel lands on which original pixel, for output pixels 2i+phase
+    of a ×2 nearest-upsampled input: a 0/1 matrix (new taps × old taps) and the padding it needs."""
+    offsets = [(phase + d) // 2 for d in range(-radius, radius + 1)]
+    low, high = min(offsets), max(offsets)
+    taps = torch.zeros(high - low + 1, 2 * radius + 1, dtype=like.dtype, device=like.device)
+    taps[[o - low for o in offsets], list(range(2 * radius + 1))] = 1.0
+    return taps, (-low, high)
 
 
 class ResConv(nn.Module):
@@ -92,8 +125,7 @@ class ResConv(nn.Module):
         self.conv2 = ConvBlock(channels, kernel_size) if double else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        x = x + self.conv(x)
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest") + self.conv.forward_upsampled(x)
         return x + self.conv2(x) if self.conv2 is not None else x
 
 

@@ -36,10 +36,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TTDError
-from .clip import CLIP, ResidualAttentionBlock, config_from_state_dict
+from .clip import CLIP, config_from_state_dict
 from .dense import DenseCLIP, HeatmapCalibration
 from .torchscript import _archive_root, _ArchiveUnpickler, _RefusedGlobal
-from .weights import DEFAULT_QUICK_GELU, _check_architecture, _corrupt, _first_line, _listing, load_weights
+from .weights import (
+    DEFAULT_QUICK_GELU,
+    _check_architecture,
+    _corrupt,
+    _first_line,
+    _listing,
+    _read_safetensors,
+    load_weights,
+)
 
 __all__ = ["TCL", "GatedDecoder", "is_tcl_checkpoint", "load_tcl", "read_checkpoint", "DEFAULT_TCL_CLIP"]
 
@@ -237,8 +245,6 @@ def read_checkpoint(path: str | Path) -> Mapping:
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{":
-        from .weights import _read_safetensors
-
         return _read_safetensors(path)[0]
     if head[:4] != b"PK\x03\x04":
         raise TTDError(f"{path} is not a TCL checkpoint: expected a torch.save zip file (TCL's tcl.pth) or safetensors")

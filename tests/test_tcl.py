@@ -183,7 +183,7 @@ def test_tcl_checkpoint_loads_and_gives_the_same_heatmaps_at_448(tmp_path):
     assert model.clip.logit_scale.item() == pytest.approx(math.log(100))
 
 
-def test_checkpoint_without_towers_takes_them_from_clip_weights(tmp_path):
+def test_checkpoint_without_towers_takes_them_from_clip_weights(tmp_path, monkeypatch):
     source = tcl_model()
     path = write_tcl(tmp_path / "tcl.pth", source, towers=False)
     towers = save_weights(source, tmp_path / "clip.safetensors")
@@ -192,8 +192,13 @@ def test_checkpoint_without_towers_takes_them_from_clip_weights(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model.encode_image(images)[1], source.encode_image(images)[1], atol=1e-5)
     assert str(towers) in model.source
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(TTDError, match=r"ViT-B-16/openai are not in the local Hugging Face cache"):
         load_tcl(path)  # the default: OpenAI's ViT-B/16, as TCL builds it (offline here)
+    cached = tmp_path / "home" / ".cache" / "clip" / "ViT-B-16.pt"  # where TCL's clip.load keeps it
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(towers.read_bytes())  # (the format is read from the content, not the name)
+    assert str(cached) in ttd.load_model(str(path)).source
 
 
 def _drop(key):

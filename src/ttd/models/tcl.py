@@ -51,7 +51,9 @@ from .weights import (
 
 __all__ = ["TCL", "GatedDecoder", "is_tcl_checkpoint", "load_tcl", "read_checkpoint", "DEFAULT_TCL_CLIP"]
 
-# TCL builds its towers with ``clip.load("ViT-B/16")``: OpenAI's weights, as ttd names them.
+# TCL builds its towers with ``clip.load("ViT-B/16")``: OpenAI's file in clip's cache when there,
+# else the same weights as ttd names them.
+OPENAI_CLIP_FILE = "~/.cache/clip/ViT-B-16.pt"
 DEFAULT_TCL_CLIP = "ViT-B-16/openai"
 # TCL deletes the text tower's logit_scale; OpenAI's ViT-B/16 holds ln(100) (only tag scorers use it).
 OPENAI_LOGIT_SCALE = math.log(100.0)
@@ -346,9 +348,9 @@ def load_tcl(
 ) -> TCL:
     """TCL's checkpoint (``tcl.pth``) as a :class:`TCL` model on the CPU, every key checked.
 
-    The CLIP towers come from the file when it holds them, else from ``clip`` (default
-    ``ViT-B-16/openai``, the weights TCL itself starts from). ``quick_gelu`` defaults to
-    QuickGELU (OpenAI's CLIP, which TCL is built on).
+    The CLIP towers come from the file when it holds them, else from ``clip``; by default from
+    OpenAI's ``~/.cache/clip/ViT-B-16.pt`` where TCL's own ``clip.load`` keeps it, else from
+    ``ViT-B-16/openai``. ``quick_gelu`` defaults to QuickGELU (OpenAI's CLIP, which TCL is built on).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -370,7 +372,8 @@ def load_tcl(
             raise TTDError(f"{path} holds incomplete CLIP towers ({_first_line(err)})") from None
         _check_architecture(clip_sd, config, source)
     else:
-        towers = load_weights(clip or DEFAULT_TCL_CLIP, quick_gelu=quick_gelu)
+        cached = Path(OPENAI_CLIP_FILE).expanduser()
+        towers = load_weights(clip or (cached if cached.is_file() else DEFAULT_TCL_CLIP), quick_gelu=quick_gelu)
         clip_sd, config = towers.state_dict, towers.config
         source = f"{path} (CLIP towers: {towers.source})"
     with torch.device("meta"):

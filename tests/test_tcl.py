@@ -65,6 +65,7 @@ def tcl_state_dict(model, towers: bool = True) -> dict[str, torch.Tensor]:
     sd["masker.sim2mask.w"] = model.calibration.weight.detach().clone()
     sd["masker.sim2mask.b"] = model.calibration.bias.detach().clone()
     sd["tcli_loss.logit_scale"] = sd["tclf_loss.logit_scale"] = torch.tensor(math.log(1 / 0.07))
+    sd["pamr.aff_x.kernel"] = torch.zeros(8, 1, 3, 3)  # TCL's PAMR buffers, once it has evaluated
     return sd
 
 

@@ -63,8 +63,10 @@ _IMAGE_PROJ = "clip_image_encoder.clip_proj."
 _TEXT = "clip_text_encoder.clip_text."
 _MASKER = "masker.image_encoder."
 _MASKER_BLOCK = _MASKER + "backbone.transformer.resblocks."
-# TCL's loss temperatures: trained, saved, never used at inference.
+# Saved by TCL, never used here: its loss temperatures, and the fixed kernels of its PAMR module
+# (a buffer-holding module TCL creates on its first evaluation with PAMR).
 _LOSS_KEYS = ("tcli_loss.logit_scale", "tclf_loss.logit_scale")
+_PAMR = "pamr."
 
 
 # --- the masker --------------------------------------------------------------------------------
@@ -325,7 +327,7 @@ def _split(state: dict[str, torch.Tensor], path: Path) -> tuple[dict, dict, dict
             masker["image_proj." + key[len(_MASKER + "decoder.image_proj.") :]] = value
         elif key in ("masker.sim2mask.w", "masker.sim2mask.b"):
             calibration["weight" if key.endswith("w") else "bias"] = value.reshape(())
-        elif key not in _LOSS_KEYS:
+        elif key not in _LOSS_KEYS and not key.startswith(_PAMR):
             stray.append(key)
     if stray:
         raise TTDError(f"{path} does not match TCL's layout: unexpected {_listing(stray)}")

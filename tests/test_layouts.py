@@ -58,6 +58,10 @@ def test_layout_errors_name_the_missing_path(tmp_path):
     with pytest.raises(TTDError, match=r"dataset voc21: .*VOC2012/validation/mask/2007_000042\.png not found; "
                                        r"expected the tree VOC2012/validation/\{image/STEM\.jpg, mask/STEM\.png, xml/\}"):
         load_dataset("voc21", tmp_path, "ttd")
+    (tmp_path / "VOC2012" / "validation" / "mask" / "2007_000033.png").unlink()
+    (tmp_path / "VOC2012" / "validation" / "mask").rmdir()
+    with pytest.raises(TTDError, match=r"dataset voc21: .*VOC2012/validation/mask not found; expected the tree VOC2012/"):
+        load_dataset("voc21", tmp_path)  # auto: image/ alone marks the authors' layout
     with pytest.raises(TTDError, match=r"dataset ade20k: .*/image not found; expected the tree ADE2016/validation/"):
         load_dataset("ade20k", tmp_path, "ttd")
     with pytest.raises(TTDError, match="dataset generic has no TTD-layout folder"):

@@ -444,7 +444,7 @@ def _add_eval_seg(sub) -> None:
     p.add_argument("--root", help="dataset folder (mmsegmentation or TTD layout; generic: images/, masks/, classes.txt)")
     p.add_argument("--layout", default="auto", choices=["auto", "mmseg", "ttd"],
                    help="folder layout: mmseg (VOCdevkit/…), ttd (the TTD authors' VOC2012/validation/{image,mask}/ …), "
-                        "auto (default: ttd when image/ and mask/ are there)")
+                        "auto (default: ttd when an image/ folder is there)")
     _add_protocol_args(p, "ttd")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not read or write the text cache")
     _add_eval_run_args(p)

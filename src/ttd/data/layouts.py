@@ -71,13 +71,14 @@ def _ttd_layout(name: str) -> Layout:
 
 
 def detect_layout(name: str, root: str | os.PathLike) -> str:
-    """``ttd`` when ``root`` (or its ``FOLDER/validation``) holds ``image/`` and ``mask/``, else ``mmseg``."""
+    """``ttd`` when ``root`` (or its ``FOLDER/validation``) holds ``image/``, else ``mmseg`` (a
+    missing ``mask/`` is then reported against the authors' tree, where it belongs)."""
     if name not in TTD_FOLDERS:
         return "mmseg"
     root = Path(root)
     layout = _ttd_layout(name)
     base = _dataset_root(name, root, layout)
-    return "ttd" if (base / "image").is_dir() and (base / "mask").is_dir() else "mmseg"
+    return "ttd" if (base / "image").is_dir() else "mmseg"
 
 
 def load_ttd_segmentation(name: str, root: str | os.PathLike) -> SegmentationDataset:
@@ -95,7 +96,7 @@ def load_ttd_segmentation(name: str, root: str | os.PathLike) -> SegmentationDat
 
 def load_dataset(name: str, root: str | os.PathLike, layout: str = "auto") -> SegmentationDataset:
     """``ttd eval seg``'s dataset: ``layout`` ``mmseg`` (mmsegmentation's trees, and ``generic``),
-    ``ttd`` (the authors' trees) or ``auto`` (``ttd`` when ``image/`` and ``mask/`` are there)."""
+    ``ttd`` (the authors' trees) or ``auto`` (``ttd`` when an ``image/`` folder is there)."""
     if layout not in SEGMENTATION_LAYOUTS:
         raise TTDError(f"unknown layout {layout!r}; choose one of: {', '.join(SEGMENTATION_LAYOUTS)}")
     if layout == "auto" and Path(root).is_dir():

@@ -2,7 +2,9 @@
 
 Prints, for 224² and 448² inputs at batch 1 and 4: images/s, achieved GFLOP/s (FLOPs counted by
 torch's FlopCounterMode on the real forward), and that figure as a fraction of the fp32
-matrix-multiply peak measured in the same run. Then the text tower's prompts/s.
+matrix-multiply peak measured in the same run. Then the text tower's prompts/s, and what TCL's
+masker (its block, decoder and pixel projection) adds to a 448² MaskCLIP encode of the same CLIP,
+both timed in alternation in the same run.
 
     python benchmarks/encode.py [--dense maskclip] [--repeats 3]
 """
@@ -16,6 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ttd import create_model
+from ttd.models.tcl import TCL, Gate
 
 
 def best_time(fn, repeats: int) -> float:
@@ -68,6 +71,29 @@ def main() -> None:
         prompts = [f"a photo of a {i} {w}." for i, w in enumerate(["cat", "large red bus", "tree", "small cup"] * 64)]
         seconds = best_time(lambda: (model.clear_text_cache(), model.encode_text(prompts)), args.repeats)
         print(f"\ntext tower: {len(prompts) / seconds:.1f} prompts/s ({len(prompts)} distinct prompts, cache cleared)")
+        tcl_overhead(model, args.repeats)
+
+
+def tcl_overhead(model, repeats: int) -> None:
+    """TCL on the same CLIP as a MaskCLIP, 448² batch 1: images/s of each, timed in alternation."""
+    maskclip = create_model(model.config, dense="maskclip").eval()
+    maskclip.clip = model.clip
+    tcl = TCL(model.clip).eval()
+    for gate in (m for m in tcl.modules() if isinstance(m, Gate)):
+        gate.gate.data.fill_(0.5)  # as after training (zero gates compute the same, at the same cost)
+    images = torch.randn(1, 3, 448, 448)
+    runs = {"maskclip": lambda: maskclip.encode_image(images), "tcl": lambda: tcl.encode_image(images)}
+    flops = {name: count_flops(run) for name, run in runs.items()}
+    best = {name: best_time(run, 1) for name, run in runs.items()}  # warm-up and a first time
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], best_time(run, 1))
+    extra = best["tcl"] / best["maskclip"] - 1
+    print("\n| 448², batch 1 | images/s | GFLOP/image |")
+    print("|---|---|---|")
+    for name in runs:
+        print(f"| {name} | {1 / best[name]:.2f} | {flops[name] / 1e9:.1f} |")
+    print(f"TCL's masker adds {100 * extra:.0f} % to the MaskCLIP encode ({100 * (flops['tcl'] / flops['maskclip'] - 1):.0f} % in FLOPs)")
 
 
 if __name__ == "__main__":

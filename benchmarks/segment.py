@@ -35,8 +35,8 @@ from ttd.segment import Segmenter, apply_background_rule, window_boxes
 from ttd.vocabulary import Vocabulary
 
 CONFIGS = {
-    "tcl": ("tcl", []),
-    "tcl+pamr": ("tcl", ["pamr=true", "background_threshold=0.4"]),
+    "tcl": ("tcl", ["pamr=false", "background_threshold=0.5"]),  # TCL without PAMR
+    "tcl+pamr": ("tcl", []),  # the preset: TCL's released evaluation
     "sclip": ("sclip", []),
 }
 SIZES = [(500, 375), (375, 500), (500, 333), (500, 400)]

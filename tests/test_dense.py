@@ -52,7 +52,7 @@ def reference_last_block(name, block, x, grid):
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", list(DENSE_VARIANTS))
+@pytest.mark.parametrize("name", [n for n in DENSE_VARIANTS if n != "tcl"])  # TCL: tests/test_tcl.py
 def test_dense_map_matches_hand_written_last_block(tiny_model, name):
     model = tiny_model(name)
     images = torch.randn(2, 3, 32, 40)

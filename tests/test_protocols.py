@@ -7,7 +7,10 @@ from ttd.vocabulary import BUILTIN_VOCABULARIES, Vocabulary
 
 def test_presets_carry_the_documented_knobs():
     tcl, ttd, sclip, miniworld = (load_protocol(name) for name in PRESETS)
-    assert (tcl.short_side, tcl.crop_size, tcl.stride, tcl.scales, tcl.flip, tcl.pamr) == (448, 448, 224, (1.0,), False, False)
+    assert (tcl.short_side, tcl.crop_size, tcl.stride, tcl.scales, tcl.flip, tcl.pamr) == (448, 448, 224, (1.0,), False, True)
+    assert tcl.background_threshold == 0.40  # TCL's released evaluation (tcl.yml: pamr, bg_thresh 0.4)
+    assert [load_protocol("ttd", d).background_threshold for d in ("voc21", "coco_object", "ade20k", "cityscapes",
+            "coco_stuff171", "context60")] == [0.40, 0.45, 0.45, 0.40, 0.40, 0.45]  # the TTD README's --bg per dataset
     assert (ttd.scales, ttd.flip, ttd.pamr, ttd.pamr_iterations, ttd.pamr_dilations) == (
         (1.0, 0.5, 1.5, 2.0), True, True, 10, (1, 2, 4, 8, 12, 24))
     assert (miniworld.short_side, miniworld.crop_size, miniworld.scales, miniworld.flip, miniworld.pamr) == (None, None, (1.0,), False, False)

@@ -223,7 +223,7 @@ def test_config_from_yaml_and_flags(tmp_path):
         ({"data": ""}, "no training data"),
         ({"tau": 1.5}, "tau must lie in"),
         ({"distance": "huber"}, "unknown distance 'huber'; choose one of: l1, mse, bce"),
-        ({"dense": "tcl"}, "unknown dense variant 'tcl'"),
+        ({"dense": "groupvit"}, "unknown dense variant 'groupvit'"),
         ({"lora_targets": "q,mlp"}, "unknown LoRA target"),
     ]:
         with pytest.raises(TTDError, match=message):

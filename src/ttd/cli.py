@@ -48,7 +48,8 @@ def _run_info(args) -> int:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The flags every command that runs a model shares."""
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"weights name or local file (default {DEFAULT_MODEL})")
-    p.add_argument("--dense", default="maskclip", help="dense variant: clip, maskclip, sclip, clearclip, naclip")
+    p.add_argument("--dense", default=None,
+                   help="dense variant: clip, maskclip, sclip, clearclip, naclip, tcl (default: tcl for TCL's checkpoint, else maskclip)")
     p.add_argument("--adapter", default=None, help="a TTD adapter (safetensors) trained with `ttd train`")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when present)")
     p.add_argument(
@@ -135,7 +136,8 @@ def _run_tags(args) -> int:
 
 def _add_eval_tags(eval_sub) -> None:
     p = eval_sub.add_parser("tags", help="multi-tag selection (the paper's Table 2): P, R, F1, Acc, mAP")
-    p.add_argument("--data", required=True, help="JSONL manifest with image, caption and tags per line")
+    p.add_argument("--data", required=True,
+                   help="JSONL manifest with image, caption and tags per line, or the TTD authors' cc3m_for_evaluation/ folder")
     p.add_argument("--scorers", default="pixel,image,text,image-text", help="comma list of pixel, image, text, image-text ('' for none)")
     p.add_argument("--taggers", default="", help="comma list of caption-only taggers: nouns, llm")
     p.add_argument("--llm-url", default=None, help="OpenAI-compatible endpoint for the llm tagger (or TTD_LLM_URL)")
@@ -149,7 +151,7 @@ def _add_eval_tags(eval_sub) -> None:
 
 
 def _run_eval_tags(args) -> int:
-    from .data.manifest import read_manifest
+    from .data.layouts import read_records
     from .evaluate.tags import evaluate_tags, tags_table, write_tags_report
     from .method.tags import check_scorings
     from .taggers import create_tagger
@@ -157,7 +159,7 @@ def _run_eval_tags(args) -> int:
     scorers = check_scorings(_comma_list(args.scorers)) if _comma_list(args.scorers) else ()
     options = {"llm": {"base_url": args.llm_url, "model": args.llm_model, "timeout": args.llm_timeout}}
     taggers = [create_tagger(name, **options.get(name, {})) for name in _comma_list(args.taggers)]
-    records = read_manifest(args.data)
+    records = read_records(args.data)
     model = load_model_from_args(args) if scorers else None
     result = evaluate_tags(
         records, model, scorers, taggers, _tag_selection(args, "pixel"), args.batch_size, manifest=args.data
@@ -427,7 +429,10 @@ def _add_eval_seg(sub) -> None:
     p = sub.add_parser("seg", help="open-vocabulary semantic segmentation on a benchmark (mIoU, mFPR, mFNR)")
     p.add_argument("--dataset", required=True,
                    help="voc21 voc20 context60 context59 coco_object coco_stuff171 cityscapes ade20k, or generic")
-    p.add_argument("--root", help="dataset folder (mmsegmentation layout; generic: images/, masks/, classes.txt)")
+    p.add_argument("--root", help="dataset folder (mmsegmentation or TTD layout; generic: images/, masks/, classes.txt)")
+    p.add_argument("--layout", default="auto", choices=["auto", "mmseg", "ttd"],
+                   help="folder layout: mmseg (VOCdevkit/…), ttd (the TTD authors' VOC2012/validation/{image,mask}/ …), "
+                        "auto (default: ttd when an image/ folder is there)")
     _add_protocol_args(p, "ttd")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not read or write the text cache")
     _add_eval_run_args(p)
@@ -438,15 +443,16 @@ def _add_eval_caption(sub) -> None:
     from .protocols import CAPTION_THRESHOLD
 
     p = sub.add_parser("caption", help="caption-level segmentation on a JSONL manifest (CaptionIoU, mFPR, mFNR)")
-    p.add_argument("--data", help="JSONL manifest whose records have image, caption and caption_mask")
+    p.add_argument("--data", help="JSONL manifest whose records have image, caption and caption_mask, "
+                                  "or the TTD authors' cc3m_for_evaluation/ folder")
     p.add_argument("--threshold", type=float, default=CAPTION_THRESHOLD, help="heatmap threshold (default 0.40)")
     _add_protocol_args(p, "tcl")
     _add_eval_run_args(p)
     p.set_defaults(run=_run_eval_caption)
 
 
-def _method_label(args) -> str:
-    return args.method or f"{args.dense} ({args.model}{' + ' + args.adapter if args.adapter else ''})"
+def _method_label(args, model) -> str:
+    return args.method or f"{model.name} ({args.model}{' + ' + args.adapter if args.adapter else ''})"
 
 
 def _resolve_protocol(args, dataset: str | None = None, extra: dict | None = None):
@@ -474,8 +480,9 @@ def _run_evaluation(args, protocol, required: tuple[str, ...], load_dataset, eva
         return 0
     _require(args, *required)
     dataset = load_dataset()  # a bad dataset fails before any model is loaded
+    model = load_model_from_args(args)
     result = evaluate(
-        load_model_from_args(args), dataset, protocol, args.out, method=_method_label(args), limit=args.limit,
+        model, dataset, protocol, args.out, method=_method_label(args, model), limit=args.limit,
         figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers, **options,
     )
     if is_main_process():
@@ -485,21 +492,23 @@ def _run_evaluation(args, protocol, required: tuple[str, ...], load_dataset, eva
 
 
 def _run_eval_seg(args) -> int:
-    from .data.segmentation import load_segmentation_dataset
+    from .data.layouts import load_dataset
     from .evaluate.segmentation import evaluate_segmentation, segmentation_markdown
 
     return _run_evaluation(
         args, _resolve_protocol(args, args.dataset), ("root", "out"),
-        lambda: load_segmentation_dataset(args.dataset, args.root), evaluate_segmentation, segmentation_markdown,
+        lambda: load_dataset(args.dataset, args.root, args.layout), evaluate_segmentation, segmentation_markdown,
         use_cache=args.use_cache,
     )
 
 
 def _run_eval_caption(args) -> int:
+    from .data.layouts import read_records
     from .evaluate.caption import CaptionMaskDataset, caption_markdown, evaluate_captions
 
     return _run_evaluation(
-        args, _resolve_protocol(args), ("data", "out"), lambda: CaptionMaskDataset.from_manifest(args.data),
+        args, _resolve_protocol(args), ("data", "out"),
+        lambda: CaptionMaskDataset(read_records(args.data, masks=True), str(args.data)),
         evaluate_captions, caption_markdown, threshold=args.threshold,
     )
 

@@ -43,7 +43,7 @@ class TrainConfig:
     data: str = _opt("", "JSONL manifest of (image, caption) or WebDataset shards (folder, glob, {a..b} pattern)")
     out: str = _opt("runs/ttd", "output folder: adapter, checkpoints, log.jsonl, tensorboard/")
     model: str = _opt(DEFAULT_MODEL, "base CLIP weights: a known name or a local file")
-    dense: str = _opt("maskclip", "dense variant: clip, maskclip, sclip, clearclip, naclip")
+    dense: str = _opt("maskclip", "dense variant: clip, maskclip, sclip, clearclip, naclip, tcl (TCL's checkpoint needs tcl)")
     quick_gelu: bool | None = _opt(None, "activation of a local weights file (named weights know theirs)")
     keep: str | None = _opt(None, "keep-list of shard sample keys (from `ttd data prune`)")
     image_size: int = _opt(224, "training resolution: short-side resize then centre crop")

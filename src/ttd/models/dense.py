@@ -21,6 +21,9 @@ The variants differ only in how the last visual block reads out per-patch tokens
                and MLP dropped
 ``naclip``     NACLIP (Hajimiri et al. 2025): k-k attention plus a Gaussian neighbourhood prior
                (σ = 5 patches) on the logits; residual and MLP dropped
+``tcl``        TCL (Cha et al. 2023): a trained masker (its own copy of the last block, a gated
+               conv decoder, a per-pixel projection) on the tokens entering the last block;
+               dense maps at 4× the patch grid (:mod:`.tcl`)
 =============  ===============================================================================
 """
 
@@ -63,6 +66,8 @@ class DenseCLIP(nn.Module):
     """
 
     name: ClassVar[str] = "clip"
+    # Parameters TTD trains besides LoRA (and stores in adapters); models with trained heads add theirs.
+    trainable_prefixes: ClassVar[tuple[str, ...]] = ("calibration.",)
 
     def __init__(self, clip: CLIP, calibration: HeatmapCalibration | None = None, source: str = "random"):
         super().__init__()
@@ -144,6 +149,11 @@ class DenseCLIP(nn.Module):
         index = {t: i for i, t in enumerate(unique)}
         return embedded[[index[t] for t in texts]]
 
+    def fingerprint_tensors(self) -> list[torch.Tensor]:
+        """Base tensors LoRA never changes: their hash ties an adapter to these weights."""
+        sd = self.clip.state_dict()
+        return [sd[k] for k in ("visual.conv1.weight", "token_embedding.weight", "positional_embedding")]
+
     def clear_text_cache(self) -> None:
         self._text_cache, self._text_cache_key = {}, ()
 
@@ -218,8 +228,10 @@ class NACLIP(DenseCLIP):
         return block.attn.project_out(_attend(k, k, v, prior))
 
 
+from .tcl import TCL  # noqa: E402  (TCL builds on DenseCLIP above)
+
 DENSE_VARIANTS: dict[str, type[DenseCLIP]] = {
-    cls.name: cls for cls in (DenseCLIP, MaskCLIP, SCLIP, ClearCLIP, NACLIP)
+    cls.name: cls for cls in (DenseCLIP, MaskCLIP, SCLIP, ClearCLIP, NACLIP, TCL)
 }
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import TTDError
+from ..io import default_device
 from .clip import CLIP, CLIPConfig
 from .dense import DenseCLIP, dense_variant
-from ..io import default_device
+from .tcl import is_tcl_checkpoint, load_tcl
 from .weights import load_weights
 
 __all__ = ["create_model", "load_model"]
@@ -22,7 +24,7 @@ def create_model(config: CLIPConfig | None = None, dense: str = "maskclip", **ov
 
 def load_model(
     name_or_path: str,
-    dense: str = "maskclip",
+    dense: str | None = None,
     device: str | None = None,
     quick_gelu: bool | None = None,
 ) -> DenseCLIP:
@@ -32,8 +34,15 @@ def load_model(
     ``quick_gelu=None`` takes the activation from the source (named weights, ``config.json``,
     ttd's metadata), else QuickGELU; ``True``/``False`` overrides it (a bare state dict does not
     say which one its weights were trained with; see :mod:`ttd.models.weights`).
+
+    ``dense=None`` takes the variant from the file: ``tcl`` for TCL's checkpoint (``tcl.pth``,
+    read by :func:`ttd.models.tcl.load_tcl`), else ``maskclip``.
     """
-    variant = dense_variant(dense)
+    if is_tcl_checkpoint(name_or_path):
+        if dense not in (None, "tcl"):
+            raise TTDError(f"{name_or_path} is a TCL checkpoint: pass --dense tcl (or no --dense), not {dense!r}")
+        return load_tcl(name_or_path, quick_gelu=quick_gelu).to(default_device(device)).eval()
+    variant = dense_variant(dense or "maskclip")
     loaded = load_weights(name_or_path, quick_gelu=quick_gelu)
     # Built on the meta device, then given the loaded tensors: no random initialisation to
     # throw away (seconds for ViT-L). load_weights has checked every key and shape already.

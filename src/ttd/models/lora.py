@@ -61,8 +61,6 @@ LORA_TOWERS = ("image", "text")
 FINETUNE_MODES = ("lora", "full")
 ADAPTER_FORMAT = "ttd-adapter"
 ADAPTER_VERSION = 1
-# Tensors LoRA never changes: their hash identifies the base weights an adapter was trained on.
-_FINGERPRINT_KEYS = ("visual.conv1.weight", "token_embedding.weight", "positional_embedding")
 
 
 @dataclass(frozen=True)
@@ -213,15 +211,15 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
             m.scale = scale
 
 
-def _is_adapter_param(name: str) -> bool:
-    return ".lora." in name or name.startswith("calibration.")
+def _is_adapter_param(model: DenseCLIP, name: str) -> bool:
+    return ".lora." in name or name.startswith(model.trainable_prefixes)
 
 
 def set_trainable(model: DenseCLIP, finetune: str = "lora", calibration: bool = True) -> list[str]:
     """Freeze ``model`` except what ``finetune`` trains; returns the trainable parameter names.
 
-    ``lora``: the adapters (and the heatmap calibration w, b unless ``calibration`` is False);
-    ``full``: every parameter.
+    ``lora``: the adapters, the model's own trained parts (TCL's decoder) and the heatmap
+    calibration w, b unless ``calibration`` is False; ``full``: every parameter.
     """
     if finetune not in FINETUNE_MODES:
         raise TTDError(f"unknown finetune mode {finetune!r}; choose one of: {', '.join(FINETUNE_MODES)}")
@@ -232,7 +230,8 @@ def set_trainable(model: DenseCLIP, finetune: str = "lora", calibration: bool = 
         if finetune == "full":
             train = True
         else:
-            train = ".lora." in name or (calibration and name.startswith("calibration."))
+            trained = tuple(p for p in model.trainable_prefixes if calibration or p != "calibration.")
+            train = ".lora." in name or name.startswith(trained)
         p.requires_grad_(train)
         if train:
             names.append(name)
@@ -243,7 +242,7 @@ def set_trainable(model: DenseCLIP, finetune: str = "lora", calibration: bool = 
 def adapter_state_dict(model: DenseCLIP) -> dict[str, torch.Tensor]:
     """What an adapter file stores: LoRA weights and calibration, or everything after full fine-tuning."""
     full = model.finetune == "full"
-    return {k: v.detach() for k, v in model.state_dict().items() if full or _is_adapter_param(k)}
+    return {k: v.detach() for k, v in model.state_dict().items() if full or _is_adapter_param(model, k)}
 
 
 def merge_adapter(model: DenseCLIP) -> DenseCLIP:
@@ -262,8 +261,7 @@ def merge_adapter(model: DenseCLIP) -> DenseCLIP:
 
 def base_fingerprint(model: DenseCLIP) -> str:
     """A short hash of base tensors that LoRA never touches (independent of file path and device)."""
-    sd = model.clip.state_dict()
-    return fingerprint(sd[key] for key in _FINGERPRINT_KEYS)
+    return fingerprint(model.fingerprint_tensors())
 
 
 def _metadata(model: DenseCLIP) -> dict:
@@ -362,7 +360,7 @@ def load_adapter(model: DenseCLIP, path: str | os.PathLike, merge: bool = False)
     _check_base(model, meta, weights_path)
     if meta["finetune"] == "lora":
         inject_lora(model, LoRAConfig(**meta["lora"]))
-    expected = {k: v for k, v in model.state_dict().items() if meta["finetune"] == "full" or _is_adapter_param(k)}
+    expected = {k: v for k, v in model.state_dict().items() if meta["finetune"] == "full" or _is_adapter_param(model, k)}
     tensors = load_file(str(weights_path), device=str(model.device))
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -176,11 +176,11 @@ def test_packaged_weights_load_by_name_and_a_missing_file_is_one_line(tmp_path, 
     model = tiny_model()
     (tmp_path / "assets" / "miniworld").mkdir(parents=True)
     weights.save_weights(model, tmp_path / "assets" / "miniworld" / "clip.safetensors")
-    monkeypatch.setattr(weights, "PACKAGE", tmp_path)
+    monkeypatch.setattr(weights, "asset", lambda *parts: tmp_path.joinpath("assets", *parts))
     loaded = ttd.load_model("miniworld", device="cpu")
     assert loaded.config == model.config
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
-    monkeypatch.setattr(weights, "PACKAGE", tmp_path / "elsewhere")
+    monkeypatch.setattr(weights, "asset", lambda *parts: tmp_path.joinpath("elsewhere", *parts))
     with pytest.raises(TTDError, match="the packaged weights 'miniworld' are missing from this installation"):
         ttd.load_model("miniworld")
 
@@ -189,7 +189,7 @@ def test_the_embedded_miniworld_clip_is_fp16_on_disk_and_loads_as_fp32(capsys):
     import ttd
     from ttd.models import weights
 
-    file = weights.PACKAGE / weights.KNOWN_WEIGHTS["miniworld"].packaged
+    file = weights.asset(weights.KNOWN_WEIGHTS["miniworld"].packaged)
     assert file.stat().st_size <= 20 * 2**20
     model = ttd.load_model("miniworld", device="cpu")
     assert model.config.image_size == 64 and model.config.patch_size == 8

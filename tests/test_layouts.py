@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from _seg_fixtures import random_label, tiny_model, write_image, write_label
+from _seg_fixtures import random_label, write_image, write_label
+from helpers import tiny_model
 
 import ttd.cli
 from ttd.data.layouts import TTD_FOLDERS, load_dataset, read_records, read_tagmask

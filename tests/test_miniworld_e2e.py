@@ -163,17 +163,20 @@ def test_pick_samples_shows_multi_object_captions_first():
     assert pick_samples(records, 3) == [records[1], records[3], records[0]]
 
 
-def test_embedded_adapter_fits_the_embedded_model():
-    from ttd.evaluate.miniworld import EMBEDDED_ADAPTER, EMBEDDED_MODEL
+@pytest.mark.parametrize("name", ["miniworld-clip", "miniworld"])
+def test_each_embedded_model_loads_with_its_embedded_adapter(name, capsys):
     from ttd.models.lora import read_adapter_metadata
-    from ttd.models.weights import KNOWN_WEIGHTS
+    from ttd.models.weights import KNOWN_WEIGHTS, embedded_adapter
 
-    meta = read_adapter_metadata(EMBEDDED_ADAPTER)
-    assert meta["base"] == EMBEDDED_MODEL and meta["dense"] == "maskclip" and meta["finetune"] == "lora"
-    if EMBEDDED_MODEL not in KNOWN_WEIGHTS:
-        pytest.skip("the embedded mini-world CLIP is not registered in this checkout")
-    base = load_model(EMBEDDED_MODEL)
-    tuned = load_adapter(load_model(EMBEDDED_MODEL), EMBEDDED_ADAPTER)  # checks the base fingerprint
+    spec = KNOWN_WEIGHTS[name]
+    meta = read_adapter_metadata(embedded_adapter(name))
+    assert meta["base"] == name and meta["dense"] == spec.dense and meta["finetune"] == "lora"
+    base = load_model(name, dense=spec.dense)
+    tuned = load_adapter(load_model(name, dense=spec.dense), embedded_adapter(name))  # checks the base fingerprint
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert not torch.allclose(base.encode_image(images)[1], tuned.encode_image(images)[1])
+    assert main(["info", "--json"]) == 0
+    embedded = json.loads(capsys.readouterr().out)["embedded"]
+    assert {"name": name, "adapter": spec.adapter, "kind": spec.kind, "dense": spec.dense} in embedded
+    assert {e["kind"] for e in embedded} == {"maskclip-like", "tcl-like"}

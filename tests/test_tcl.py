@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import make_pairs, write_manifest
+from helpers import make_pairs, write_manifest
 
 import ttd
 from ttd.cli import main
@@ -17,7 +17,7 @@ from ttd.models.lora import load_adapter
 from ttd.models.tcl import ConvBlock, Gate, GatedDecoder, load_tcl
 from ttd.models.weights import save_weights
 from ttd.train import train
-from ttd.train_config import load_config
+from ttd.config import load_config
 
 # ViT with patch 16 (TCL's), tiny widths; heads = width / 64, since a state dict cannot say otherwise.
 CFG = CLIPConfig(

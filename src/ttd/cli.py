@@ -23,7 +23,7 @@ def _run_info(args) -> int:
     from . import __version__
     from .io import default_device
     from .models.dense import DENSE_VARIANTS
-    from .models.weights import KNOWN_WEIGHTS
+    from .models.weights import KNOWN_WEIGHTS, embedded_models
 
     info = {
         "ttd": __version__,
@@ -34,12 +34,16 @@ def _run_info(args) -> int:
         "threads": torch.get_num_threads(),
         "weights": sorted(KNOWN_WEIGHTS),
         "dense_variants": list(DENSE_VARIANTS),
+        "embedded": [{"name": name, "adapter": spec.adapter, "kind": spec.kind, "dense": spec.dense}
+                     for name, spec in embedded_models().items()],
     }
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         width = max(map(len, info))
         for key, value in info.items():
+            if key == "embedded":
+                value = "; ".join(f"{e['name']} ({e['kind']}, {e['dense']}, adapter {e['adapter']})" for e in value)
             value = ", ".join(value) if isinstance(value, list) else value
             print(f"{key:<{width}}  {value}")
     return 0
@@ -374,9 +378,9 @@ def _add_quickstart(sub) -> None:
         "committed sample images: selected tags and caption heatmaps before/after, tag and caption figures.",
     )
     p.add_argument("--out", default="ttd-quickstart", help="output folder (default ttd-quickstart/)")
-    p.add_argument("--model", default=None, help="CLIP weights (default: the embedded 'miniworld')")
-    p.add_argument("--adapter", default=None, help="TTD adapter (default: the embedded mini-world adapter)")
-    p.add_argument("--dense", default="maskclip", help="dense variant the adapter was trained for (default maskclip)")
+    p.add_argument("--model", default=None, help="CLIP weights (default: the embedded 'miniworld-clip')")
+    p.add_argument("--adapter", default=None, help="TTD adapter (default: the one shipped for an embedded --model)")
+    p.add_argument("--dense", default=None, help="dense variant the adapter was trained for (default: the embedded model's)")
     p.add_argument("--samples", default=None, help="manifest with tags and caption masks (default: the embedded samples)")
     p.add_argument("--images", type=int, default=4, help="images shown in the figure (default 4)")
     p.add_argument("--tau", type=float, default=0.5, help="tag selection threshold (default 0.5)")
@@ -385,13 +389,13 @@ def _add_quickstart(sub) -> None:
 
 
 def _run_quickstart(args) -> int:
-    from .evaluate.miniworld import EMBEDDED_ADAPTER, EMBEDDED_MODEL, SAMPLES_MANIFEST
+    from .evaluate.miniworld import EMBEDDED_MODEL, SAMPLES_MANIFEST
     from .quickstart import run_quickstart
 
     result = run_quickstart(
         out=args.out,
         model=args.model or EMBEDDED_MODEL,
-        adapter=args.adapter or EMBEDDED_ADAPTER,
+        adapter=args.adapter,
         samples=args.samples or SAMPLES_MANIFEST,
         images=args.images,
         dense=args.dense,

@@ -38,38 +38,17 @@ INSTALL_HINT = "pip install 'ttd[demo]'"
 # --- what the page offers -------------------------------------------------------------------
 def embedded_models() -> list[str]:
     """Names of the weights shipped inside the package (they load without any download)."""
-    from .models.weights import KNOWN_WEIGHTS
+    from .models.weights import embedded_models as registry
 
-    return [name for name, spec in KNOWN_WEIGHTS.items() if spec.packaged]
-
-
-def _assets() -> Path:
-    from .models.weights import PACKAGE
-
-    return PACKAGE / "assets"
-
-
-@lru_cache(maxsize=None)
-def _adapter_files() -> dict[Path, dict]:
-    """Every TTD adapter shipped in the package, with its metadata (other safetensors skipped)."""
-    from .models.lora import read_adapter_metadata
-
-    found = {}
-    for path in sorted(_assets().rglob("*.safetensors")):
-        try:
-            found[path] = read_adapter_metadata(path)
-        except TTDError:  # model weights, not an adapter
-            continue
-    return found
+    return list(registry())
 
 
 def embedded_adapters(model: str) -> dict[str, Path]:
-    """The shipped adapters trained on ``model`` (their metadata's ``base``), by a short label."""
-    return {
-        str(path.relative_to(_assets()).with_suffix("")): path
-        for path, meta in _adapter_files().items()
-        if meta.get("base") == model
-    }
+    """The TTD adapter shipped for ``model``, by a short label (empty for other weights)."""
+    from .models.weights import KNOWN_WEIGHTS, embedded_adapter
+
+    path = embedded_adapter(model)
+    return {str(Path(KNOWN_WEIGHTS[model].adapter).with_suffix("")): path} if path else {}
 
 
 @dataclass(frozen=True)
@@ -84,8 +63,10 @@ def embedded_samples() -> tuple[Sample, ...]:
     """The captioned sample images shipped with the embedded models (``assets/*/samples``)."""
     from .data.manifest import read_manifest
 
+    from .io import asset
+
     samples = []
-    for manifest in sorted(_assets().glob("*/samples/tags.jsonl")):
+    for manifest in sorted(asset().glob("*/samples/tags.jsonl")):
         for record in read_manifest(manifest):
             samples.append(Sample(f"{manifest.parts[-3]}/{record.image.stem}: {record.caption}", record.image, record.caption))
     return tuple(samples)
@@ -246,8 +227,9 @@ def _adapter_choices(model: str) -> tuple[list[str], str]:
 
 def _adapter_dense(model: str, label: str, current: str) -> str:
     """The dense variant an adapter was trained with (the only one it loads on)."""
-    path = embedded_adapters(model).get(label)
-    return _adapter_files()[path]["dense"] if path else current
+    from .models.weights import KNOWN_WEIGHTS
+
+    return KNOWN_WEIGHTS[model].dense if label in embedded_adapters(model) else current
 
 
 def build_demo():

@@ -1,12 +1,11 @@
-"""The mini-world's embedded assets and evaluation settings, shared by ``ttd quickstart`` and the
-reproduction (``benchmarks/reproduce_miniworld.py``).
+"""The mini-world's embedded assets and evaluation settings, shared by ``ttd quickstart``, ``ttd
+demo`` and the reproduction (``benchmarks/reproduce_miniworld.py``).
 
-* ``miniworld`` weights: the mini CLIP pretrained on the mini-world (loaded by name through
-  :func:`ttd.load_model`);
-* :data:`EMBEDDED_ADAPTER`: its TTD adapter (MaskCLIP, pixel scoring), loaded with
-  :func:`ttd.models.lora.load_adapter`;
-* :data:`SAMPLES_MANIFEST`: a few dozen validation images with captions, depicted tags and masks
-  (``scripts/extract_miniworld_samples.py`` copies them out of a build);
+* the embedded weights and their TTD adapters are entries of the weights registry
+  (:func:`ttd.models.weights.embedded_models`): ``miniworld-clip`` (plain InfoNCE, MaskCLIP-like,
+  :data:`EMBEDDED_MODEL`, the quickstart's default) and ``miniworld`` (TCL-like);
+* :data:`SAMPLES_MANIFEST`: a few dozen held-out test images with captions, depicted tags and
+  masks (``scripts/extract_miniworld_samples.py`` copies them out of a build);
 * the ``miniworld`` protocol preset: segmentation of 64 px images (one forward, CLIP statistics).
 """
 
@@ -14,12 +13,10 @@ from __future__ import annotations
 
 from ..io import asset
 
-__all__ = ["ASSETS", "EMBEDDED_MODEL", "EMBEDDED_ADAPTER", "SAMPLES_MANIFEST", "miniworld_protocol"]
+__all__ = ["EMBEDDED_MODEL", "SAMPLES_MANIFEST", "miniworld_protocol"]
 
-ASSETS = asset("miniworld")
-EMBEDDED_MODEL = "miniworld"
-EMBEDDED_ADAPTER = ASSETS / "ttd_adapter.safetensors"
-SAMPLES_MANIFEST = ASSETS / "samples" / "tags.jsonl"
+EMBEDDED_MODEL = "miniworld-clip"
+SAMPLES_MANIFEST = asset("miniworld", "samples", "tags.jsonl")
 
 
 def miniworld_protocol(**overrides):

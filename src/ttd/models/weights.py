@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import TTDError
-from ..io import atomic_write_bytes
+from ..io import asset, atomic_write_bytes
 from .clip import CLIP, CLIPConfig, config_from_state_dict
 from .torchscript import is_torchscript_archive, read_torchscript_weights
 
 if TYPE_CHECKING:
     from .dense import DenseCLIP
 
-__all__ = ["KNOWN_WEIGHTS", "LoadedWeights", "WeightSpec", "load_weights", "save_weights"]
+__all__ = ["KNOWN_WEIGHTS", "LoadedWeights", "WeightSpec", "embedded_adapter", "embedded_models", "load_weights", "save_weights"]
 
 DEFAULT_QUICK_GELU = True
 FORMAT = "ttd.clip"
@@ -51,20 +51,23 @@ FORMAT = "ttd.clip"
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-PACKAGE = Path(__file__).resolve().parents[1]  # the installed ``ttd`` folder
-
-
 @dataclass(frozen=True)
 class WeightSpec:
     """Where named weights live on the Hugging Face hub, and what their state dict cannot say;
-    or, with ``packaged``, the ttd ``.safetensors`` file inside the package that holds them."""
+    or, with ``packaged``, the ttd ``.safetensors`` file inside the package that holds them (an
+    embedded test bed, with its TTD adapter, the kind of dense model it stands for, the dense
+    readout the adapter was trained with and the segmentation protocol it is meant for)."""
 
     repo_id: str
     quick_gelu: bool
     filenames: tuple[str, ...] = OPEN_CLIP_FILES  # tried in order, as open_clip does
     vision_heads: int | None = None  # None: width / 64, as OpenAI and open_clip build them
     text_heads: int | None = None
-    packaged: str | None = None  # path relative to the ttd package; its metadata says the rest
+    packaged: str | None = None  # path under ttd/assets; its metadata says the rest
+    adapter: str | None = None  # its TTD adapter, under ttd/assets
+    kind: str | None = None  # "maskclip-like" (plain InfoNCE) or "tcl-like" (trained with a dense loss)
+    dense: str = "maskclip"  # the dense readout it is meant for
+    protocol: str | None = None  # recommended segmentation protocol preset (None: each command's default)
 
 
 # Hub repositories and activations as open_clip's pretrained registry lists them.
@@ -79,9 +82,27 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
     "ViT-H-14/laion2b_s32b_b79k": WeightSpec(
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", quick_gelu=False, vision_heads=16, text_heads=16
     ),
-    # the small CLIP pretrained on the mini-world (docs/pretraining.md), embedded: works offline
-    "miniworld": WeightSpec("", quick_gelu=False, packaged="assets/miniworld/clip.safetensors"),
+    # the small CLIPs pretrained on the mini-world (docs/pretraining.md), embedded: they work offline
+    "miniworld-clip": WeightSpec(
+        "", quick_gelu=False, packaged="miniworld/clip_infonce.safetensors", adapter="miniworld/ttd_adapter_infonce.safetensors",
+        kind="maskclip-like", dense="maskclip", protocol="miniworld",
+    ),
+    "miniworld": WeightSpec(
+        "", quick_gelu=False, packaged="miniworld/clip.safetensors", adapter="miniworld/ttd_adapter.safetensors",
+        kind="tcl-like", dense="maskclip", protocol="miniworld",
+    ),
 }
+
+
+def embedded_models() -> dict[str, WeightSpec]:
+    """The weights shipped inside the package (they load without any download), by name."""
+    return {name: spec for name, spec in KNOWN_WEIGHTS.items() if spec.packaged}
+
+
+def embedded_adapter(name: str) -> Path | None:
+    """The TTD adapter shipped for the embedded weights ``name`` (None for other weights)."""
+    spec = KNOWN_WEIGHTS.get(name)
+    return asset(spec.adapter) if spec is not None and spec.adapter else None
 
 
 @dataclass
@@ -118,7 +139,7 @@ def load_weights(name_or_path: str | Path, quick_gelu: bool | None = None) -> Lo
         source, tensors, hints = str(path), *_read(path)
     elif spec is not None and spec[1].packaged:
         name, spec = spec
-        file = PACKAGE / spec.packaged
+        file = asset(spec.packaged)
         if not file.is_file():
             raise TTDError(f"the packaged weights {name!r} are missing from this installation ({file}); reinstall ttd")
         source, (tensors, hints) = name, _read(file)

@@ -201,3 +201,26 @@ def test_two_process_torchrun_equals_one_process(generic, tmp_path, fake_loader)
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["confusion_matrix"] == one["confusion_matrix"] and two["mIoU"] == one["mIoU"]
     assert sorted(p.name for p in (tmp_path / "two" / ".state").iterdir()) == ["rank0-of-2.safetensors", "rank1-of-2.safetensors"]
+
+
+def test_the_protocol_follows_the_model_unless_given(capsys):
+    from ttd.models.weights import recommended_protocol
+
+    assert recommended_protocol("miniworld") == recommended_protocol("miniworld-clip") == "miniworld"
+    assert recommended_protocol("ViT-B-16/openai") is None
+    assert ttd.cli.main(["eval", "caption", "--model", "miniworld", "--print-protocol"]) == 0
+    assert "name: miniworld" in capsys.readouterr().out
+    assert ttd.cli.main(["eval", "caption", "--model", "miniworld", "--protocol", "tcl", "--print-protocol"]) == 0
+    assert "name: tcl" in capsys.readouterr().out
+    assert ttd.cli.main(["eval", "caption", "--print-protocol"]) == 0  # ViT-B-16/openai: the command's default
+    assert "name: tcl" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    import io
+
+    read, write = os.pipe()
+    os.close(read)  # the reader (`head`) has gone: every write raises BrokenPipeError
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(os.fdopen(write, "wb"), write_through=True))
+    assert ttd.cli.main(["info"]) == 0
+    assert capsys.readouterr().err == ""

@@ -51,7 +51,9 @@ def test_short_run_lowers_the_loss(tmp_path, capsys):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
     assert {"loss", "l_distill", "l_tag", "lr", "samples_per_s", "skipped", "grad_norm"} <= set(log[0])
-    assert "lora_rank: 8" in capsys.readouterr().out  # the configuration is printed at start
+    summary = capsys.readouterr().out  # one line at start; every setting goes to config.yaml
+    assert summary.count("\n") == 1 and "20 steps × batch 8 at 32 px" in summary and "config.yaml" in summary
+    assert "lora_rank: 8" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize("kind, workers", [("manifest", 0), ("shards", 2)])
@@ -367,3 +369,17 @@ def test_every_config_key_is_documented():
     docs = (TESTS.parent / "docs" / "training.md").read_text()
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f"`{f.name}`" not in docs]
     assert not missing
+
+
+def test_defaults_follow_the_model_and_say_what_they_do(tmp_path, capsys):
+    manifest = write_manifest(tmp_path / "data", make_pairs(4))
+    short = config(manifest, tmp_path / "run", image_size=None, warmup_steps=500, steps=3)
+    train(short, model=tiny_model(), progress=False, stop_after=2)
+    err = capsys.readouterr().err
+    assert "warning: steps (3) ≤ warmup_steps (500)" in err and err.count("\n") == 1
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.image_size == tiny_model().config.image_size  # the model's own resolution
+    train(config(manifest, tmp_path / "run", image_size=None, warmup_steps=500, steps=3), model=tiny_model(),
+          progress=False, resume=True)
+    assert "resuming from step 2 (" in capsys.readouterr().err
+    assert 1 <= TrainConfig().workers <= 4

@@ -9,14 +9,15 @@ import torch
 from PIL import Image
 
 from ttd.cli import main
-from ttd.evaluate.miniworld import ASSETS
+from ttd.data.manifest import read_manifest
+from ttd.evaluate.miniworld import SAMPLES_MANIFEST
 from ttd.viz import (
     MIN_SIZE, colorize_heatmap, enlarge, heatmap_grid, legend, overlay, palette, panels, score_bars, with_legend,
     wrap_text,
 )
 from ttd.viz import _font, _text_width
 
-SAMPLE = ASSETS / "samples" / "images" / "000000005.jpg"  # 64 × 64
+SAMPLE = read_manifest(SAMPLES_MANIFEST)[0].image  # 64 × 64
 LONG = "a very long class name that describes the blue background sky of this picture in great detail"
 
 

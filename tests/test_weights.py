@@ -440,6 +440,20 @@ def test_named_weights_not_cached_offline_say_how_to_get_them(hub_cache):
     assert message.startswith("weights ViT-B-16/openai are not in the local Hugging Face cache")
     assert "hf download timm/vit_base_patch16_clip_224.openai open_clip_model.safetensors" in message
     assert message.endswith("or pass the path of a local weights file")
+    assert "--model miniworld-clip" in message
+
+
+def test_an_unreachable_hub_fails_fast_without_offline_mode(hub_cache, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    start = time.perf_counter()
+    with pytest.raises(TTDError, match=r"the hub cannot be reached: offline, --model miniworld-clip"):
+        load_model("ViT-B-16/openai")
+    assert time.perf_counter() - start < 2.0
 
 
 # --- positional embeddings and input sizes -----------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 
@@ -149,6 +150,7 @@ def _add_eval_tags(eval_sub) -> None:
     p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per LLM request (default 60)")
     p.add_argument("--out", required=True, help="folder for tags.json and tags.md")
     p.add_argument("--batch-size", type=int, default=32, help="captions per model call (default 32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_tag_selection_args(p)
     add_model_args(p)
     p.set_defaults(run=_run_eval_tags)
@@ -166,7 +168,8 @@ def _run_eval_tags(args) -> int:
     records = read_records(args.data)
     model = load_model_from_args(args) if scorers else None
     result = evaluate_tags(
-        records, model, scorers, taggers, _tag_selection(args, "pixel"), args.batch_size, manifest=args.data
+        records, model, scorers, taggers, _tag_selection(args, "pixel"), args.batch_size, manifest=args.data,
+        progress=not args.quiet,
     )
     json_path, md_path = write_tags_report(result, args.out)
     print(tags_table(result), end="")
@@ -188,7 +191,8 @@ def _add_run_flags(p: argparse.ArgumentParser, skip: tuple) -> None:
     p.add_argument("--config", default=None, help="YAML file of config keys (flags win)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP", help="stop with a checkpoint at this step")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
+                   help="no progress bar (logs still go to log.jsonl)")
     add_config_flags(p, skip=skip)
 
 
@@ -348,6 +352,7 @@ def _add_data_prune(data_sub) -> None:
     q.add_argument("--batch-size", type=int, default=256, help="pairs scored at once (default 256)")
     q.add_argument("--workers", type=int, default=4, help="image-decoding processes (default 4)")
     q.add_argument("--image-size", type=int, default=224, help="scoring resolution (default 224)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(q)
     q.set_defaults(run=_run_prune)
 
@@ -364,6 +369,7 @@ def _run_prune(args) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         image_size=args.image_size,
+        progress=not args.quiet,
     )
     print(f"kept {result.kept:,} of {result.scored:,} scored pairs (score ≥ {result.threshold:.4f}); "
           f"{result.skipped:,} unreadable skipped → {result.out}")
@@ -373,9 +379,10 @@ def _run_prune(args) -> int:
 def _add_quickstart(sub) -> None:
     p = sub.add_parser(
         "quickstart",
-        help="TTD before/after on a few mini-world images, offline: a Markdown report and a PNG figure",
-        description="Runs the embedded mini-world CLIP (MaskCLIP readout) with and without its TTD adapter on "
-        "committed sample images: selected tags and caption heatmaps before/after, tag and caption figures.",
+        help="single tag bias and TTD's fix on a few mini-world images, offline: a Markdown report and a PNG figure",
+        description="Runs an embedded mini-world CLIP (default: the MaskCLIP-like miniworld-clip) with and without its "
+        "TTD adapter on committed sample images: caption heatmaps and per-object coverage before/after, selected "
+        "tags, tag and caption figures.",
     )
     p.add_argument("--out", default="ttd-quickstart", help="output folder (default ttd-quickstart/)")
     p.add_argument("--model", default=None, help="CLIP weights (default: the embedded 'miniworld-clip')")
@@ -385,6 +392,7 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--images", type=int, default=4, help="images shown in the figure (default 4)")
     p.add_argument("--tau", type=float, default=0.5, help="tag selection threshold (default 0.5)")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_quickstart)
 
 
@@ -401,6 +409,7 @@ def _run_quickstart(args) -> int:
         dense=args.dense,
         device=args.device,
         tau=args.tau,
+        progress=not args.quiet,
     )
     for stage in ("before", "after"):
         s = result.summary[stage]
@@ -411,7 +420,10 @@ def _run_quickstart(args) -> int:
 
 # --- segmentation: `ttd segment`, `ttd eval seg`, `ttd eval caption` ---------------------------
 def _add_protocol_args(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--protocol", default=default, help=f"preset (tcl, ttd, sclip, miniworld) or a YAML file (default {default})")
+    p.add_argument("--protocol", default=None,
+                   help=f"preset (tcl, ttd, sclip, miniworld) or a YAML file (default: the one the model recommends, "
+                        f"e.g. miniworld for the embedded mini CLIPs; otherwise {default})")
+    p.set_defaults(protocol_default=default)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KNOB=VALUE",
                    help="override protocol knobs, e.g. --set pamr=true scales=1,0.5 (see --print-protocol)")
     p.add_argument("--print-protocol", action="store_true", help="print the resolved protocol as YAML and exit")
@@ -426,6 +438,7 @@ def _add_eval_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None, help="row label in the results table (default: variant and model)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore checkpoints of an earlier run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
 
 
@@ -462,10 +475,17 @@ def _method_label(args, model) -> str:
 def _resolve_protocol(args, dataset: str | None = None, extra: dict | None = None):
     from .protocols import load_protocol, parse_overrides
 
+    from .models.weights import recommended_protocol
+
     overrides = {**(extra or {}), **parse_overrides(args.overrides)}
-    protocol = load_protocol(args.protocol, dataset, overrides)
+    recommended = None if args.protocol else recommended_protocol(args.model)
+    name = args.protocol or recommended or args.protocol_default
+    protocol = load_protocol(name, dataset, overrides)
     if args.print_protocol:
         print(protocol.to_yaml(), end="")
+    else:
+        why = "given" if args.protocol else f"recommended for {args.model}" if recommended else "the default; --protocol to change"
+        print(f"protocol: {protocol.name} ({why})")
     return protocol
 
 
@@ -487,7 +507,8 @@ def _run_evaluation(args, protocol, required: tuple[str, ...], load_dataset, eva
     model = load_model_from_args(args)
     result = evaluate(
         model, dataset, protocol, args.out, method=_method_label(args, model), limit=args.limit,
-        figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers, **options,
+        figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers,
+        progress=not args.quiet, **options,
     )
     if is_main_process():
         print(markdown(result), end="")
@@ -602,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ttd {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ttd info | head`: the reader left; end quietly, as coreutils do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ class TrainConfig:
     dense: str = _opt("maskclip", "dense variant: clip, maskclip, sclip, clearclip, naclip, tcl (TCL's checkpoint needs tcl)")
     quick_gelu: bool | None = _opt(None, "activation of a local weights file (named weights know theirs)")
     keep: str | None = _opt(None, "keep-list of shard sample keys (from `ttd data prune`)")
-    image_size: int = _opt(224, "training resolution: short-side resize then centre crop")
-    workers: int = _opt(4, "data-loading processes per training process (0: load in the main process)")
+    image_size: int | None = _opt(None, "training resolution: short-side resize then centre crop (default: the model's own)")
+    workers: int = _opt(min(4, os.cpu_count() or 1), "data-loading processes per training process (0: load in the main process)")
     shuffle_buffer: int = _opt(1000, "shards: samples shuffled within a shard through a buffer of this size")
     # optimisation
     steps: int = _opt(10_000, "optimiser steps in total")
@@ -103,7 +103,7 @@ class TrainConfig:
         if not self.data:
             raise TTDError("no training data: pass --data (a JSONL manifest or WebDataset shards)")
         for name in ("steps", "batch_size", "image_size", "log_every", "save_every", "keep_checkpoints", "shuffle_buffer"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TTDError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("workers", "warmup_steps", "weight_decay", "grad_clip", "distill_weight", "tag_weight", "dense_weight"):
             if getattr(self, name) < 0:

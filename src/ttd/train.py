@@ -108,6 +108,11 @@ class Trainer:
 
             model = load_model(config.model, dense=config.dense, device=str(self.dist.device), quick_gelu=config.quick_gelu)
         self.model = model.to(self.dist.device)
+        if config.image_size is None:  # train at the resolution the model was built for
+            self.config = config = dataclasses.replace(config, image_size=model.config.image_size)
+        if config.warmup_steps >= config.steps and self.dist.main and not resume:
+            print(f"ttd train: warning: steps ({config.steps}) ≤ warmup_steps ({config.warmup_steps}): the learning rate "
+                  "never reaches its peak; lower --warmup-steps", file=sys.stderr)
         self.model.base_fingerprint = base_fingerprint(self.model)
         if config.finetune == "lora":
             inject_lora(self.model, config.lora_config())
@@ -129,6 +134,8 @@ class Trainer:
         self._interval: dict | None = None  # metric sums since the last log
         if resume:  # restores the RNG streams too
             data_state = self._load_checkpoint(checkpoint)
+            if self.dist.main:
+                print(f"ttd train: resuming from step {self.step} ({checkpoint})", file=sys.stderr)
         else:
             data_state = None
             seed_everything(config.seed + self.dist.rank)  # per-process streams (dropout)
@@ -255,7 +262,8 @@ class Trainer:
         target = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         if self.dist.main:
             print(f"ttd train: {type(self.objective).__name__}, {self.dist.world} process(es) on {self.dist.device}, "
-                  f"{sum(p.numel() for p in self.params):,} trainable parameters\n{config_to_yaml(cfg)}", end="", flush=True)
+                  f"{sum(p.numel() for p in self.params):,} trainable parameters; {cfg.steps} steps × batch {cfg.batch_size} "
+                  f"at {cfg.image_size} px, lr {cfg.lr:g}; every setting: {self.out / 'config.yaml'}", flush=True)
         log_file, writer = self._open_logs()
         names = ("loss", *self.objective.metrics)
         if self._interval is None:
@@ -386,7 +394,9 @@ def pretrain(
         if clip_config is not None and clip_config != saved:
             raise TTDError(f"{config.out} was pretraining another architecture ({saved_arch}); resume without a new one")
         clip_config = saved
-    clip_config = dataclasses.replace(clip_config or CLIPConfig(), image_size=config.image_size)
+    clip_config = clip_config or CLIPConfig()
+    if config.image_size is not None:
+        clip_config = dataclasses.replace(clip_config, image_size=config.image_size)
     seed_everything(config.seed)  # the same random initialisation in every process
     objective = dense_label_objective(config) if config.dense_weight > 0 else ContrastiveObjective()
     trainer = Trainer(config, objective, model=create_model(clip_config, dense=config.dense), resume=resume)

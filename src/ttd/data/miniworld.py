@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import TTDError
-from ..io import atomic_write_bytes, save_json
+from ..io import asset, atomic_write_bytes, save_json
 from .manifest import write_manifest
 from .textures import random_texture
 
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 DEFAULT_SOURCE = Path("/usr/share/openclipart/png")
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "miniworld"
+ASSETS = asset("miniworld")
 INSTALL_HINT = "install it with `apt-get install -y openclipart-png` or pass --source"
 PLACEMENT_TRIES = 30
 HELDOUT_SHARE = 0.25  # of each noun's clip-art files, never seen in training (at least one per noun)

@@ -41,7 +41,7 @@ def load_model(
     if is_tcl_checkpoint(name_or_path):
         if dense not in (None, "tcl"):
             raise TTDError(f"{name_or_path} is a TCL checkpoint: pass --dense tcl (or no --dense), not {dense!r}")
-        return load_tcl(name_or_path, quick_gelu=quick_gelu).to(default_device(device)).eval()
+        return load_tcl(name_or_path, quick_gelu=quick_gelu).to(default_device(device)).eval().requires_grad_(False)
     variant = dense_variant(dense or "maskclip")
     loaded = load_weights(name_or_path, quick_gelu=quick_gelu)
     # Built on the meta device, then given the loaded tensors: no random initialisation to
@@ -52,4 +52,5 @@ def load_model(
     model = variant(clip, source=loaded.source)
     if loaded.calibration is not None:
         model.calibration.load_state_dict(loaded.calibration)
-    return model.to(default_device(device)).eval()
+    # an inference model: outputs carry no autograd graph; training unfreezes what it trains (set_trainable)
+    return model.to(default_device(device)).eval().requires_grad_(False)

@@ -347,7 +347,8 @@ def _check_base(model: DenseCLIP, meta: dict, where: Path) -> None:
 
 
 def load_adapter(model: DenseCLIP, path: str | os.PathLike, merge: bool = False) -> DenseCLIP:
-    """Apply an adapter file to ``model`` (in place; returned for chaining).
+    """Apply an adapter file to ``model`` (in place; returned for chaining), for inference: every
+    parameter ends frozen.
 
     Checks that the adapter was trained on these base weights with this dense variant, then adds
     the adapters and loads their weights and the calibration. ``merge`` folds them into the base
@@ -376,4 +377,5 @@ def load_adapter(model: DenseCLIP, path: str | os.PathLike, merge: bool = False)
     model.load_state_dict(tensors, strict=False)
     model.finetune = meta["finetune"]
     model.clear_text_cache()
+    model.requires_grad_(False)  # applied for inference, like load_model's weights
     return merge_adapter(model) if merge else model

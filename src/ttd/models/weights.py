@@ -43,7 +43,10 @@ from .torchscript import is_torchscript_archive, read_torchscript_weights
 if TYPE_CHECKING:
     from .dense import DenseCLIP
 
-__all__ = ["KNOWN_WEIGHTS", "LoadedWeights", "WeightSpec", "embedded_adapter", "embedded_models", "load_weights", "save_weights"]
+__all__ = [
+    "KNOWN_WEIGHTS", "LoadedWeights", "WeightSpec", "embedded_adapter", "embedded_models", "load_weights",
+    "recommended_protocol", "save_weights",
+]  # fmt: skip
 
 DEFAULT_QUICK_GELU = True
 FORMAT = "ttd.clip"
@@ -163,16 +166,37 @@ def load_weights(name_or_path: str | Path, quick_gelu: bool | None = None) -> Lo
     return LoadedWeights(state_dict, config, source, hints.calibration)
 
 
-def save_weights(model: DenseCLIP, path: str | Path) -> Path:
+def save_weights(model: DenseCLIP, path: str | Path, protocol: str | None = None) -> Path:
     """Write a dense model's CLIP weights, configuration and heatmap calibration as one
-    ``.safetensors`` file (atomically) that :func:`load_weights` reads back exactly."""
+    ``.safetensors`` file (atomically) that :func:`load_weights` reads back exactly; ``protocol``
+    records the segmentation preset the weights are meant for (:func:`recommended_protocol`)."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
     calibration = model.calibration.state_dict()
     tensors.update({f"calibration.{k}": v.detach().cpu().contiguous() for k, v in calibration.items()})
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), "source": str(model.source)}
+    if protocol:
+        metadata["protocol"] = protocol
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def recommended_protocol(name_or_path: str | Path) -> str | None:
+    """The segmentation protocol preset weights are meant for: the registry's for a known name,
+    the one a ttd weights file records, else None (each command then uses its own default)."""
+    path = Path(str(name_or_path)).expanduser()
+    if not path.exists():
+        spec = _known_spec(str(name_or_path))
+        return spec[1].protocol if spec else None
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return (f.metadata() or {}).get("protocol")
+        except (SafetensorError, OSError):
+            return None  # the loader says what is wrong with the file
+    return None
 
 
 # --- names and the hub -------------------------------------------------------------------------
@@ -197,20 +221,41 @@ def _download(name: str, spec: WeightSpec) -> Path:
             return Path(hf_hub_download(spec.repo_id, filename, local_files_only=True))
         except LocalEntryNotFoundError:
             pass
+    offline = TTDError(
+        f"weights {name} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
+        "reached: offline, --model miniworld-clip or --model miniworld run on the CLIPs embedded in ttd; on a "
+        f"connected machine run `hf download {spec.repo_id} {spec.filenames[0]}` and copy the cache here (or point "
+        "HF_HOME at it), or pass the path of a local weights file"
+    )
+    if not _hub_reachable():  # one quick look instead of huggingface_hub's retries (~25 s)
+        raise offline
     for filename in spec.filenames:
         try:
             return Path(hf_hub_download(spec.repo_id, filename))
-        except LocalEntryNotFoundError:  # offline mode, or the hub is unreachable
-            raise TTDError(
-                f"weights {name} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
-                f"cannot be reached: on a connected machine run `hf download {spec.repo_id} {filename}` and copy "
-                "the cache here (or point HF_HOME at it), or pass the path of a local weights file"
-            ) from None
+        except LocalEntryNotFoundError:  # the hub went away meanwhile
+            raise offline from None
         except EntryNotFoundError:
             pass  # this repository has the next file instead
         except (HfHubHTTPError, OSError) as err:
             raise TTDError(f"downloading {name} from {spec.repo_id} failed: {_first_line(err)}") from None
     raise TTDError(f"{spec.repo_id} holds none of {', '.join(spec.filenames)}: pass a local weights file instead")
+
+
+def _hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether a TCP connection to the hub opens within ``timeout`` seconds (never in offline mode)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 # --- reading files -----------------------------------------------------------------------------

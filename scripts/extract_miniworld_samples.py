@@ -1,9 +1,11 @@
-"""Copy a few dozen validation images of a mini-world build, with captions and masks, into the
-package (``src/ttd/assets/miniworld/samples``) so that ``ttd quickstart`` needs no build.
+"""Copy a few dozen images of a mini-world build, with captions and masks, into the package
+(``src/ttd/assets/miniworld/samples``) so that ``ttd quickstart`` and ``ttd demo`` need no build.
 
-    python scripts/extract_miniworld_samples.py --world /work/artifacts/mw64 --count 32
+    python scripts/extract_miniworld_samples.py --world data/mw64 --count 32
 
-Deterministic: the records of ``WORLD/val/tags.jsonl`` are taken in file order, preferring
+By default from the ``test`` split: held-out clip-art instances that no embedded model was
+trained on, 2–4 objects, the held-out caption wording (docs/miniworld.md). Deterministic: the
+records of ``WORLD/SPLIT/tags.jsonl`` are taken in file order, preferring
 captions with several depicted words (where single tag bias shows) and, among those, nouns not
 yet covered; ties keep file order. Output: ``images/KEY.jpg``, ``masks/KEY_caption.png``,
 ``masks/KEY_WORD.png`` (copied byte for byte), ``tags.jsonl`` (the manifest format of
@@ -35,8 +37,8 @@ def choose(records: list[dict], count: int) -> list[dict]:
     return sorted(chosen, key=records.index)
 
 
-def extract(world: Path, out: Path, count: int) -> Path:
-    manifest = world / "val" / "tags.jsonl"
+def extract(world: Path, out: Path, count: int, split: str = "test") -> Path:
+    manifest = world / split / "tags.jsonl"
     records = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     if out.exists():
         shutil.rmtree(out)
@@ -63,8 +65,9 @@ def main() -> None:
     parser.add_argument("--world", type=Path, required=True, help="a `ttd data miniworld` build")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--count", type=int, default=32)
+    parser.add_argument("--split", default="test", help="the split to copy from (default test: held-out instances)")
     args = parser.parse_args()
-    path = extract(args.world, args.out, args.count)
+    path = extract(args.world, args.out, args.count, args.split)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{path}: {args.count} samples, {size / 1024:.0f} KiB")
 

@@ -39,7 +39,7 @@ def pipeline(tmp_path_factory, fake_world):  # noqa: F811
     tmp = tmp_path_factory.mktemp("e2e")
     world = tmp / "world"
     assert main(["data", "miniworld", "--out", str(world), "--source", str(root), "--vocabulary", str(vocab),
-                 "--train", "16", "--val", "6", "--size", "32", "--quiet"]) == 0
+                 "--train", "16", "--val", "6", "--test", "6", "--size", "32", "--quiet"]) == 0
     (tmp / "clip.yaml").write_text(yaml.safe_dump(TINY.to_dict()))
     pairs = str(world / "train" / "pairs.jsonl")
     assert main(["pretrain", "--data", pairs, "--clip-config", str(tmp / "clip.yaml"), "--out", str(tmp / "pre"), *STEPS]) == 0

@@ -88,7 +88,7 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
     # the small CLIPs pretrained on the mini-world (docs/pretraining.md), embedded: they work offline
     "miniworld-clip": WeightSpec(
         "", quick_gelu=False, packaged="miniworld/clip_infonce.safetensors", adapter="miniworld/ttd_adapter_infonce.safetensors",
-        kind="maskclip-like", dense="maskclip", protocol="miniworld",
+        kind="maskclip-like", dense="clip", protocol="miniworld",
     ),
     "miniworld": WeightSpec(
         "", quick_gelu=False, packaged="miniworld/clip.safetensors", adapter="miniworld/ttd_adapter.safetensors",

@@ -200,3 +200,26 @@ def test_two_process_torchrun_equals_one_process(generic, tmp_path, fake_loader)
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["confusion_matrix"] == one["confusion_matrix"] and two["mIoU"] == one["mIoU"]
     assert sorted(p.name for p in (tmp_path / "two" / ".state").iterdir()) == ["rank0-of-2.safetensors", "rank1-of-2.safetensors"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batched_evaluation_equals_one_image_at_a_time(tmp_path, batch_size):
+    model = tiny_model()
+    root = tmp_path / "data"
+    write_generic(root, ["background", "cat, kitten", "dog", "grass"], count=5)
+    dataset = load_segmentation_dataset("generic", root)
+    protocol = load_protocol("tcl", "generic", ["short_side=null", "crop_size=null", "stride=null"])
+    result = evaluate_segmentation(model, dataset, protocol, tmp_path / "out", progress=False, figures=2,
+                                   batch_size=batch_size, checkpoint_every=2)
+    seg = Segmenter(model, protocol, dataset.vocabulary)
+    cm = ConfusionMatrix(4)
+    for i in range(len(dataset)):
+        cm.update(seg.predict(dataset[i].image).labels, dataset[i].label)
+    assert result["confusion_matrix"] == cm.matrix.tolist()
+    assert len(list((tmp_path / "out" / "figures").iterdir())) == 2
+
+    captions = CaptionMaskDataset.from_manifest(_caption_manifest(tmp_path))
+    one = evaluate_captions(model, captions, protocol, None, progress=False, batch_size=1)
+    many = evaluate_captions(model, captions, protocol, None, progress=False, batch_size=batch_size)
+    assert json.dumps(one["normalizations"], sort_keys=True) == json.dumps(many["normalizations"], sort_keys=True)  # NaN-safe
+    assert one["confusion_matrix"] == many["confusion_matrix"]

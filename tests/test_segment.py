@@ -230,3 +230,38 @@ def test_templates_are_averaged_then_renormalised():
     expected = F.normalize(each.mean(0, keepdim=True), dim=-1)
     assert torch.allclose(emb, expected, atol=1e-6)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(1))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"short_side": None, "crop_size": None, "stride": None},  # one forward over each image
+        {"short_side": 48, "crop_size": None, "stride": None, "flip": True, "scales": "1,0.5", "pamr": True},
+        {"short_side": 48, "crop_size": 32, "stride": 16},  # windows: one image at a time
+    ],
+)
+def test_batched_predictions_equal_one_image_at_a_time(overrides):
+    model = tiny_model()
+    protocol = load_protocol("tcl", overrides=overrides)
+    seg = Segmenter(model, protocol, ["background", "cat", "dog", "tree"], window_batch=4)
+    images = [_image(40, 56, seed=i) for i in range(5)] + [_image(33, 47, seed=9)]  # two sizes, 5 > window_batch
+    single = [seg.predict(x) for x in images]
+    batched = seg.predict_batch(images)
+    for a, b in zip(single, batched):
+        assert torch.allclose(a.scores, b.scores, atol=1e-5)
+        assert torch.equal(a.labels, b.labels)
+    captions = [f"a photo of thing {i}" for i in range(len(images))]
+    single = [seg.predict_caption(x, c) for x, c in zip(images, captions)]
+    for a, b in zip(single, seg.predict_caption_batch(images, captions, batch_size=3)):
+        assert torch.allclose(a.heatmap, b.heatmap, atol=1e-5) and a.caption == b.caption
+
+
+def test_batched_softmax_rule_rules_each_image_alone():
+    vocab = Vocabulary.from_lines(["background, sky", "cat", "dog"])
+    protocol = load_protocol("sclip", overrides={"logit_scale": 10.0, "area_threshold": 0.6})
+    _, owners = vocab.queries(True, "softmax")
+    cos = torch.rand(4, 3, 1, 5, generator=torch.Generator().manual_seed(0)) * 0.3
+    labels, scores = apply_background_rule(cos, owners, vocab, protocol)
+    for i in range(4):
+        one_labels, one_scores = apply_background_rule(cos[i], owners, vocab, protocol)
+        assert torch.equal(labels[i], one_labels) and torch.equal(scores[i], one_scores)

@@ -247,9 +247,9 @@ def test_batched_predictions_equal_one_image_at_a_time(overrides):
     images = [_image(40, 56, seed=i) for i in range(5)] + [_image(33, 47, seed=9)]  # two sizes, 5 > window_batch
     single = [seg.predict(x) for x in images]
     batched = seg.predict_batch(images)
-    for a, b in zip(single, batched):
+    for a, b, c in zip(single, batched, seg.predict_batch(images, keep_scores=False)):
         assert torch.allclose(a.scores, b.scores, atol=1e-5)
-        assert torch.equal(a.labels, b.labels)
+        assert torch.equal(a.labels, b.labels) and torch.equal(b.labels, c.labels) and c.scores is None
     captions = [f"a photo of thing {i}" for i in range(len(images))]
     single = [seg.predict_caption(x, c) for x, c in zip(images, captions)]
     for a, b in zip(single, seg.predict_caption_batch(images, captions, batch_size=3)):
@@ -265,3 +265,13 @@ def test_batched_softmax_rule_rules_each_image_alone():
     for i in range(4):
         one_labels, one_scores = apply_background_rule(cos[i], owners, vocab, protocol)
         assert torch.equal(labels[i], one_labels) and torch.equal(scores[i], one_scores)
+
+
+@pytest.mark.parametrize("classes", [["background", "cat", "dog"], ["cat", "dog", "tree"]])
+def test_labels_without_class_scores_equal_the_background_rule(classes):
+    seg = Segmenter(tiny_model(), load_protocol("tcl", overrides={"background_threshold": 0.5}), classes)
+    q = torch.rand(2, len(seg.owners), 6, 7, generator=torch.Generator().manual_seed(1))
+    q[0, :, 0, 0] = 0.5  # a tie with the background channel: background wins
+    q[1, :, 0, 0] = 0.7  # a tie between queries: the first class wins
+    assert seg._labels_alone()
+    assert torch.equal(seg._threshold_labels(q), apply_background_rule(q, seg.owners, seg.vocabulary, seg.protocol)[0])

@@ -220,7 +220,7 @@ class Segmenter:
                 if shape != size:
                     merged = F.interpolate(merged, size=size, mode="bilinear", align_corners=False)
                 merged = merged.flip(-1) if views[v][1] else merged
-                total = merged.clone() if total is None else total.add_(merged)
+                total = merged if total is None else total + merged
         scores = total / len(views) if len(views) > 1 else total
         if self.protocol.pamr and self.protocol.pamr_iterations > 0:
             scores = self._refine(x, scores)
@@ -266,12 +266,32 @@ class Segmenter:
         results: list[Segmentation | None] = [None] * len(images)
         for indices, x in self._groups(images, batch_size):
             scores = self.query_scores_batch(x, self.query_embeddings, calibrated)
-            labels, class_scores = apply_background_rule(scores, self.owners, self.vocabulary, self.protocol)
+            if not keep_scores and self._labels_alone():
+                labels, class_scores = self._threshold_labels(scores), [None] * len(indices)
+            else:
+                labels, class_scores = apply_background_rule(scores, self.owners, self.vocabulary, self.protocol)
+                class_scores = class_scores.cpu() if keep_scores else [None] * len(indices)
             labels = labels.cpu()
-            class_scores = class_scores.cpu() if keep_scores else [None] * len(indices)
             for i, lab, sc in zip(indices, labels, class_scores):
                 results[i] = Segmentation(lab, sc, self.vocabulary.display_names)
         return results
+
+    def _labels_alone(self) -> bool:
+        """Whether :meth:`_threshold_labels` gives the background rule's labels: threshold rule,
+        one query per class, in class order."""
+        return self.protocol.background == "threshold" and all(a < b for a, b in zip(self.owners, self.owners[1:]))
+
+    def _threshold_labels(self, scores: torch.Tensor) -> torch.Tensor:
+        """The threshold rule's class ids straight from query scores (…, Q, H, W), without the
+        (…, K, H, W) class-score tensor: the best query's class where it beats the background
+        channel (which wins ties, being class 0), else the background. Equal to
+        ``apply_background_rule(...)[0]`` under :meth:`_labels_alone` (argmax takes the first maximum)."""
+        best = scores.argmax(dim=-3)
+        labels = torch.as_tensor(self.owners, device=scores.device)[best]
+        if self.vocabulary.has_background:
+            top = scores.gather(-3, best.unsqueeze(-3)).squeeze(-3)
+            labels = labels.masked_fill_(~(top > self.protocol.background_threshold), 0)
+        return labels
 
     def _groups(self, images: Sequence, batch_size: int | None):
         """(indices, (B, 3, H, W) tensor) of images of one size, B ≤ ``batch_size``; one image per

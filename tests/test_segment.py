@@ -275,3 +275,26 @@ def test_labels_without_class_scores_equal_the_background_rule(classes):
     q[1, :, 0, 0] = 0.7  # a tie between queries: the first class wins
     assert seg._labels_alone()
     assert torch.equal(seg._threshold_labels(q), apply_background_rule(q, seg.owners, seg.vocabulary, seg.protocol)[0])
+
+
+def test_caption_maps_are_normalised_map_by_map():
+    from ttd.segment import normalize_caption_map
+
+    maps = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(2)) * torch.tensor([0.2, 1.0, 0.5]).view(3, 1, 1)
+    batched = normalize_caption_map(maps, "minmax")
+    for m, b in zip(maps, batched):
+        assert torch.equal(normalize_caption_map(m, "minmax"), b)
+        assert b.min() == 0 and b.max() == pytest.approx(1.0)
+    assert normalize_caption_map(maps, "none") is maps
+
+
+def test_batches_are_bounded_by_their_score_maps(monkeypatch):
+    import ttd.segment as segment_module
+
+    seg = Segmenter(tiny_model(), load_protocol("tcl", overrides={"short_side": None, "crop_size": None, "stride": None}),
+                    ["cat", "dog"], window_batch=8)
+    images = [_image(20, 30, seed=i) for i in range(5)]
+    monkeypatch.setattr(segment_module, "BATCH_SCORE_ELEMENTS", 2 * 2 * 20 * 30)  # two images of 2 queries
+    assert [len(i) for i, _ in seg._groups(images, None)] == [2, 2, 1]
+    monkeypatch.setattr(segment_module, "BATCH_SCORE_ELEMENTS", 1 << 26)
+    assert [len(i) for i, _ in seg._groups(images, 4)] == [4, 1]

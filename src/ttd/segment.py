@@ -26,6 +26,8 @@ from .pamr import pamr
 from .protocols import Protocol, load_protocol
 from .vocabulary import Vocabulary
 
+BATCH_SCORE_ELEMENTS = 1 << 26  # predict_batch: at most this many query-score values (256 MB float32) per group
+
 __all__ = ["Segmentation", "CaptionSegmentation", "Segmenter", "window_boxes", "apply_background_rule", "normalize_caption_map"]
 
 
@@ -294,16 +296,19 @@ class Segmenter:
         return labels
 
     def _groups(self, images: Sequence, batch_size: int | None):
-        """(indices, (B, 3, H, W) tensor) of images of one size, B ≤ ``batch_size``; one image per
-        group when the protocol slides windows (their canvases would multiply the memory)."""
+        """(indices, (B, 3, H, W) tensor) of images of one size, B ≤ ``batch_size`` and B·Q·H·W ≤
+        :data:`BATCH_SCORE_ELEMENTS`; one image per group when the protocol slides windows (their
+        canvases would multiply the memory)."""
         tensors = [self._as_tensor(image) for image in images]
         limit = 1 if self.protocol.crop_size is not None else max(1, batch_size or self.window_batch)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, t in enumerate(tensors):
             by_size.setdefault(tuple(t.shape[-2:]), []).append(i)
-        for indices in by_size.values():
-            for start in range(0, len(indices), limit):
-                chunk = indices[start : start + limit]
+        queries = len(self.queries) if self.vocabulary is not None else 1
+        for (h, w), indices in by_size.items():
+            step = min(limit, max(1, BATCH_SCORE_ELEMENTS // (queries * h * w)))  # score maps of a group bounded
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
                 yield chunk, torch.stack([tensors[i] for i in chunk])
 
     def predict_caption(
@@ -333,8 +338,7 @@ class Segmenter:
         for indices, x in self._groups(images, batch_size):
             own = text[indices][:, None] if len(indices) > 1 else text[indices]  # (B, 1, C); one image: (1, C)
             heat = self.query_scores_batch(x, own, calibrated=True)[:, 0].clamp(0, 1)
-            if self.protocol.caption_normalize != "none":
-                heat = torch.stack([normalize_caption_map(h, self.protocol.caption_normalize) for h in heat])
+            heat = normalize_caption_map(heat, self.protocol.caption_normalize)
             heat = heat.cpu()
             for i, h in zip(indices, heat):
                 results[i] = CaptionSegmentation(h > threshold, h, captions[i], threshold)
@@ -344,8 +348,9 @@ class Segmenter:
 def normalize_caption_map(heatmap: torch.Tensor, mode: str) -> torch.Tensor:
     """A caption map as the protocol's ``caption_normalize`` wants it before the threshold:
     unchanged (``none``), or min-max normalised over the image (``minmax``, the
-    weakly-supervised-segmentation convention: the map's own peak becomes 1)."""
+    weakly-supervised-segmentation convention: the map's own peak becomes 1). A batch (B, H, W)
+    is normalised map by map."""
     if mode == "none":
         return heatmap
-    low, high = heatmap.min(), heatmap.max()
+    low, high = heatmap.amin(dim=(-2, -1), keepdim=True), heatmap.amax(dim=(-2, -1), keepdim=True)
     return (heatmap - low) / (high - low).clamp(min=1e-6)

@@ -124,7 +124,7 @@ class CaptionMetrics:
         targets = torch.stack([sample.target for _, sample in pairs])
         multi = [sum(bool(m.any()) for m in sample.tag_masks) >= 2 for _, sample in pairs]
         for mode, (everything, multi_tag, coverage) in self.parts.items():
-            heat = heatmaps if mode == "none" else torch.stack([normalize_caption_map(h, mode) for h in heatmaps])
+            heat = normalize_caption_map(heatmaps, mode)  # map by map
             predictions = (heat > self.threshold).long()
             everything.update(predictions, targets)
             if any(multi):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,10 +112,29 @@ def _as_list(samples):
     return list(samples)
 
 
+@contextmanager
+def _one_thread():
+    """Metric updates are many small CPU operations (masks, counts, means): on one thread they
+    never wait for a descheduled second one on a busy machine, and lose next to nothing on an idle one."""
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
+
+
 def _update(metric, pairs: list) -> None:
     """Add a batch of (prediction, target) pairs: in one ``update_batch`` call when the metric
     has one, in one confusion-matrix update when the maps share a shape (the counts are the
     same), else pair by pair."""
+    with _one_thread():
+        _add(metric, pairs)
+
+
+def _add(metric, pairs: list) -> None:
     if hasattr(metric, "update_batch"):
         metric.update_batch(pairs)
     elif (

@@ -5,6 +5,8 @@ windows clamped inside each resized image, ALL windows of the image run through 
 few batched forwards as their shapes allow, per-window query scores upsampled to the window and
 averaged where windows overlap, every view brought back to the original size (bilinear) and
 averaged, optional PAMR, then the protocol's background rule turns query scores into class ids.
+Without sliding windows, images of one size go through all of this together
+(:meth:`Segmenter.predict_batch`, :meth:`Segmenter.predict_caption_batch`).
 
 Query scores are the calibrated heatmaps ``sigmoid(w·cos + b)`` under the threshold rule (and for
 captions) and raw cosines under the softmax rule, which applies ``logit_scale`` itself.

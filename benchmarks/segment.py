@@ -18,7 +18,8 @@ MANIFEST`` (its ``val/tags.jsonl``) it also times ``ttd eval seg|caption`` of th
 (``--batch-size``), alternating, and checks that both give the same counts.
 
     PYTHONPATH=src python benchmarks/segment.py [--images 3] [--naive-images 2] [--protocols tcl,tcl+pamr,sclip]
-    PYTHONPATH=src python benchmarks/segment.py --protocols none --miniworld-seg W/seg/val --miniworld-captions W/val/tags.jsonl
+    PYTHONPATH=src python benchmarks/segment.py --protocols none --miniworld-seg W/seg/val \
+        --miniworld-captions W/val/tags.jsonl
 """
 
 from __future__ import annotations

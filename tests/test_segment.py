@@ -291,8 +291,8 @@ def test_caption_maps_are_normalised_map_by_map():
 def test_batches_are_bounded_by_their_score_maps(monkeypatch):
     import ttd.segment as segment_module
 
-    seg = Segmenter(tiny_model(), load_protocol("tcl", overrides={"short_side": None, "crop_size": None, "stride": None}),
-                    ["cat", "dog"], window_batch=8)
+    protocol = load_protocol("tcl", overrides={"short_side": None, "crop_size": None, "stride": None})
+    seg = Segmenter(tiny_model(), protocol, ["cat", "dog"], window_batch=8)
     images = [_image(20, 30, seed=i) for i in range(5)]
     monkeypatch.setattr(segment_module, "BATCH_SCORE_ELEMENTS", 2 * 2 * 20 * 30)  # two images of 2 queries
     assert [len(i) for i, _ in seg._groups(images, None)] == [2, 2, 1]

@@ -204,7 +204,8 @@ class Segmenter:
         for group in self._batches(tiles, batch):
             crops = torch.cat([views[v][0][:, :, y1:y2, x1:x2] for v, (y1, y2, x1, x2), _ in group])
             group_text = text if text.ndim == 2 else text.repeat(len(group), 1, 1)
-            windows = self._score_windows(crops, group_text, calibrated).view(len(group), batch, queries, *crops.shape[-2:])
+            windows = self._score_windows(crops, group_text, calibrated)
+            windows = windows.view(len(group), batch, queries, *crops.shape[-2:])
             for (v, (y1, y2, x1, x2), _), window in zip(group, windows):
                 shape = tuple(views[v][0].shape[-2:])
                 if pending[v] == 1 and v not in canvases and (y2 - y1, x2 - x1) == shape:

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ttd.pamr import affinity, pamr
+from ttd.pamr import _neighbours, affinity, pamr
 
 
 def _reference_pamr(image, mask, iterations, dilations):
@@ -62,3 +62,27 @@ def test_refinement_follows_image_edges():
 def test_size_mismatch_is_refused():
     with pytest.raises(ValueError, match="differ in size"):
         pamr(torch.rand(1, 3, 8, 8), torch.rand(1, 2, 4, 4))
+
+
+def test_equals_the_plain_loop_and_keeps_the_thread_setting():
+    import ttd.pamr as pamr_module
+
+    torch.manual_seed(0)
+    image = F.interpolate(torch.rand(2, 3, 5, 6), size=(30, 37), mode="bicubic", align_corners=False).clamp(0, 1)
+    scores = torch.rand(2, 4, 30, 37)
+    dilations = (1, 2, 4)
+    weights = affinity(image, dilations)
+    expected = scores
+    for _ in range(5):  # the textbook loop: zeros, then one multiply-add per neighbour
+        refined = torch.zeros_like(expected)
+        for k, shifted in enumerate(_neighbours(expected, dilations, centre=False)):
+            refined.addcmul_(shifted, weights[:, k : k + 1])
+        expected = refined
+    threads = torch.get_num_threads()
+    for setting in (1, None):
+        pamr_module.PAMR_THREADS = setting
+        try:
+            assert torch.allclose(pamr(image, scores, 5, dilations), expected, atol=1e-5)
+        finally:
+            pamr_module.PAMR_THREADS = 1
+        assert torch.get_num_threads() == threads

@@ -224,3 +224,27 @@ def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(os.fdopen(write, "wb"), write_through=True))
     assert ttd.cli.main(["info"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batched_evaluation_equals_one_image_at_a_time(tmp_path, batch_size):
+    model = tiny_model()
+    root = tmp_path / "data"
+    write_generic(root, ["background", "cat, kitten", "dog", "grass"], count=5)
+    dataset = load_segmentation_dataset("generic", root)
+    protocol = load_protocol("tcl", "generic", ["short_side=null", "crop_size=null", "stride=null"])
+    result = evaluate_segmentation(model, dataset, protocol, tmp_path / "out", progress=False, figures=2,
+                                   batch_size=batch_size, checkpoint_every=2)
+    seg = Segmenter(model, protocol, dataset.vocabulary)
+    cm = ConfusionMatrix(4)
+    for i in range(len(dataset)):
+        cm.update(seg.predict(dataset[i].image).labels, dataset[i].label)
+    assert result["confusion_matrix"] == cm.matrix.tolist()
+    assert len(list((tmp_path / "out" / "figures").iterdir())) == 2
+
+    captions = CaptionMaskDataset.from_manifest(_caption_manifest(tmp_path))
+    one = evaluate_captions(model, captions, protocol, None, progress=False, batch_size=1)
+    many = evaluate_captions(model, captions, protocol, None, progress=False, batch_size=batch_size)
+    same = json.dumps(one["normalizations"], sort_keys=True) == json.dumps(many["normalizations"], sort_keys=True)
+    assert same  # compared as JSON: NaN-safe
+    assert one["confusion_matrix"] == many["confusion_matrix"]

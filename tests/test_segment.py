@@ -231,3 +231,71 @@ def test_templates_are_averaged_then_renormalised():
     expected = F.normalize(each.mean(0, keepdim=True), dim=-1)
     assert torch.allclose(emb, expected, atol=1e-6)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(1))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"short_side": None, "crop_size": None, "stride": None},  # one forward over each image
+        {"short_side": 48, "crop_size": None, "stride": None, "flip": True, "scales": "1,0.5", "pamr": True},
+        {"short_side": 48, "crop_size": 32, "stride": 16},  # windows: one image at a time
+    ],
+)
+def test_batched_predictions_equal_one_image_at_a_time(overrides):
+    model = tiny_model()
+    protocol = load_protocol("tcl", overrides=overrides)
+    seg = Segmenter(model, protocol, ["background", "cat", "dog", "tree"], window_batch=4)
+    images = [_image(40, 56, seed=i) for i in range(5)] + [_image(33, 47, seed=9)]  # two sizes, 5 > window_batch
+    single = [seg.predict(x) for x in images]
+    batched = seg.predict_batch(images)
+    for a, b, c in zip(single, batched, seg.predict_batch(images, keep_scores=False)):
+        assert torch.allclose(a.scores, b.scores, atol=1e-5)
+        assert torch.equal(a.labels, b.labels) and torch.equal(b.labels, c.labels) and c.scores is None
+    captions = [f"a photo of thing {i}" for i in range(len(images))]
+    single = [seg.predict_caption(x, c) for x, c in zip(images, captions)]
+    for a, b in zip(single, seg.predict_caption_batch(images, captions, batch_size=3)):
+        assert torch.allclose(a.heatmap, b.heatmap, atol=1e-5) and a.caption == b.caption
+
+
+def test_batched_softmax_rule_rules_each_image_alone():
+    vocab = Vocabulary.from_lines(["background, sky", "cat", "dog"])
+    protocol = load_protocol("sclip", overrides={"logit_scale": 10.0, "area_threshold": 0.6})
+    _, owners = vocab.queries(True, "softmax")
+    cos = torch.rand(4, 3, 1, 5, generator=torch.Generator().manual_seed(0)) * 0.3
+    labels, scores = apply_background_rule(cos, owners, vocab, protocol)
+    for i in range(4):
+        one_labels, one_scores = apply_background_rule(cos[i], owners, vocab, protocol)
+        assert torch.equal(labels[i], one_labels) and torch.equal(scores[i], one_scores)
+
+
+@pytest.mark.parametrize("classes", [["background", "cat", "dog"], ["cat", "dog", "tree"]])
+def test_labels_without_class_scores_equal_the_background_rule(classes):
+    seg = Segmenter(tiny_model(), load_protocol("tcl", overrides={"background_threshold": 0.5}), classes)
+    q = torch.rand(2, len(seg.owners), 6, 7, generator=torch.Generator().manual_seed(1))
+    q[0, :, 0, 0] = 0.5  # a tie with the background channel: background wins
+    q[1, :, 0, 0] = 0.7  # a tie between queries: the first class wins
+    assert seg._labels_alone()
+    assert torch.equal(seg._threshold_labels(q), apply_background_rule(q, seg.owners, seg.vocabulary, seg.protocol)[0])
+
+
+def test_caption_maps_are_normalised_map_by_map():
+    from ttd.segment import normalize_caption_map
+
+    maps = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(2)) * torch.tensor([0.2, 1.0, 0.5]).view(3, 1, 1)
+    batched = normalize_caption_map(maps, "minmax")
+    for m, b in zip(maps, batched):
+        assert torch.equal(normalize_caption_map(m, "minmax"), b)
+        assert b.min() == 0 and b.max() == pytest.approx(1.0)
+    assert normalize_caption_map(maps, "none") is maps
+
+
+def test_batches_are_bounded_by_their_score_maps(monkeypatch):
+    import ttd.segment as segment_module
+
+    protocol = load_protocol("tcl", overrides={"short_side": None, "crop_size": None, "stride": None})
+    seg = Segmenter(tiny_model(), protocol, ["cat", "dog"], window_batch=8)
+    images = [_image(20, 30, seed=i) for i in range(5)]
+    monkeypatch.setattr(segment_module, "BATCH_SCORE_ELEMENTS", 2 * 2 * 20 * 30)  # two images of 2 queries
+    assert [len(i) for i, _ in seg._groups(images, None)] == [2, 2, 1]
+    monkeypatch.setattr(segment_module, "BATCH_SCORE_ELEMENTS", 1 << 26)
+    assert [len(i) for i, _ in seg._groups(images, 4)] == [4, 1]

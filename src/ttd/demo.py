@@ -130,8 +130,8 @@ def analyse(
     image: str | os.PathLike,
     caption: str = "",
     classes: str = "",
-    model: str = "miniworld",
-    dense: str = "maskclip",
+    model: str = "miniworld-clip",
+    dense: str | None = None,
     adapter: str | os.PathLike | None = None,
     threshold: float = 0.5,
 ) -> Analysis:
@@ -140,13 +140,16 @@ def analyse(
     Tags are the caption's words scored by pixel scoring (Eq. 2) and selected at ``threshold``;
     the overlay segments by ``classes`` (comma-separated) when given, else by each stage's
     selected tags. Segmentation follows the ``miniworld`` protocol the embedded models are
-    evaluated with (the whole image in one forward). Bad input raises a one-line :class:`TTDError`.
+    evaluated with (the whole image in one forward). ``dense`` defaults to the readout the
+    embedded ``model`` is meant for. Bad input raises a one-line :class:`TTDError`.
     """
     from .evaluate.miniworld import miniworld_protocol
+    from .models.weights import KNOWN_WEIGHTS
     from .segment import Segmenter
     from .method.tags import TagSelector
     from .viz import heatmap_grid, panels, score_bars, stack
 
+    dense = dense or (KNOWN_WEIGHTS[model].dense if model in KNOWN_WEIGHTS else "maskclip")
     caption, names = caption.strip(), [n.strip() for n in classes.split(",") if n.strip()]
     if not caption and not names:
         raise TTDError("type a caption (or class names) to look for in the image")

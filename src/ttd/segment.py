@@ -5,6 +5,8 @@ windows clamped inside each resized image, ALL windows of the image run through 
 few batched forwards as their shapes allow, per-window query scores upsampled to the window and
 averaged where windows overlap, every view brought back to the original size (bilinear) and
 averaged, optional PAMR, then the protocol's background rule turns query scores into class ids.
+Without sliding windows, images of one size go through all of this together
+(:meth:`Segmenter.predict_batch`, :meth:`Segmenter.predict_caption_batch`).
 
 Query scores are the calibrated heatmaps ``sigmoid(w·cos + b)`` under the threshold rule (and for
 captions) and raw cosines under the softmax rule, which applies ``logit_scale`` itself.
@@ -25,6 +27,8 @@ from .images import normalize, resize_short_side, to_tensor
 from .pamr import pamr
 from .protocols import CAPTION_THRESHOLD, Protocol, load_protocol
 from .vocabulary import Vocabulary
+
+BATCH_SCORE_ELEMENTS = 1 << 26  # predict_batch: at most this many query-score values (256 MB float32) per group
 
 __all__ = [
     "Segmentation",
@@ -73,30 +77,39 @@ def window_boxes(height: int, width: int, crop: int | None, stride: int | None) 
 def apply_background_rule(
     query_scores: torch.Tensor, owners: Sequence[int], vocabulary: Vocabulary, protocol: Protocol
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query scores (Q, H, W) → (class ids (H, W), class scores (K, H, W)).
+    """Query scores (Q, H, W) → (class ids (H, W), class scores (K, H, W)); a batch (B, Q, H, W)
+    → (B, H, W) and (B, K, H, W), each image ruled on its own.
 
     threshold: class score = max over its synonyms' heatmaps; a background class is a constant
     channel at ``background_threshold``. softmax: probabilities softmax(logit_scale·cos) over all
     queries, max over synonyms, SCLIP's optional area filter, and pixels whose best probability is
     under ``prob_threshold`` go to the background class.
     """
+    if query_scores.ndim == 4 and protocol.background == "softmax" and protocol.area_threshold is not None:
+        ruled = [apply_background_rule(q, owners, vocabulary, protocol) for q in query_scores]  # per-image areas
+        return torch.stack([r[0] for r in ruled]), torch.stack([r[1] for r in ruled])
     num_classes = len(vocabulary)
     if protocol.background == "softmax":
-        query_scores = (protocol.logit_scale * query_scores).softmax(dim=0)
-    index = torch.as_tensor(owners, device=query_scores.device).view(-1, 1, 1).expand_as(query_scores)
+        query_scores = (protocol.logit_scale * query_scores).softmax(dim=-3)
     fill = 0.0 if protocol.background == "softmax" else float("-inf")
-    scores = query_scores.new_full((num_classes, *query_scores.shape[1:]), fill)
-    scores.scatter_reduce_(0, index, query_scores, "amax")
+    scores = query_scores.new_full((*query_scores.shape[:-3], num_classes, *query_scores.shape[-2:]), fill)
+    owner_index = torch.as_tensor(owners, device=query_scores.device)
+    if len(set(owners)) == len(owners):  # one query per class: the max over synonyms is a copy
+        # exact: probabilities are >= the fill 0, heatmaps > the fill -inf
+        scores.index_copy_(-3, owner_index, query_scores)
+    else:
+        index = owner_index.view(-1, 1, 1).expand_as(query_scores)
+        scores.scatter_reduce_(-3, index, query_scores, "amax")
     if protocol.background == "threshold" and vocabulary.has_background:
-        scores[0] = protocol.background_threshold
-    labels = scores.argmax(dim=0)
+        scores[..., 0, :, :] = protocol.background_threshold
+    labels = scores.argmax(dim=-3)
     if protocol.background == "softmax" and vocabulary.has_background:
         if protocol.area_threshold is not None:
             area = torch.bincount(labels.flatten(), minlength=num_classes)[1:].to(scores.dtype)
             keep = area > protocol.area_threshold * area.sum()
             scores[1:] *= keep.view(-1, 1, 1)
             labels = scores.argmax(dim=0)
-        labels[scores.amax(dim=0) < protocol.prob_threshold] = 0
+        labels[scores.amax(dim=-3) < protocol.prob_threshold] = 0
     return labels, scores
 
 
@@ -159,19 +172,21 @@ class Segmenter:
         return F.interpolate(scores.float(), size=crops.shape[-2:], mode="bilinear", align_corners=False)
 
     def _views(self, x: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
-        """(normalised resized image, mirrored?) for every scale, each followed by its mirror."""
+        """(normalised resized images (B, 3, h, w), mirrored?) for every scale, each followed by its mirror."""
         p, views = self.protocol, []
         for scale in p.scales:
             resized = normalize(self._resized(x, scale), p.pixel_mean, p.pixel_std)
             views += [(resized, False)] + ([(resized.flip(-1), True)] if p.flip else [])
         return views
 
-    def _batches(self, tiles: list[tuple[int, tuple[int, int, int, int]]]):
-        """Consecutive windows of one shape, at most ``window_batch`` of them, share a forward."""
+    def _batches(self, tiles: list[tuple[int, tuple[int, int, int, int]]], images: int = 1):
+        """Consecutive windows of one shape share a forward: at most ``window_batch`` crops (all
+        ``images`` images of a window always go together)."""
+        per_forward = max(1, self.window_batch // images)
         batch: list = []
         for tile in tiles:
             y1, y2, x1, x2 = tile[1]
-            if batch and (len(batch) == self.window_batch or (y2 - y1, x2 - x1) != batch[0][2]):
+            if batch and (len(batch) == per_forward or (y2 - y1, x2 - x1) != batch[0][2]):
                 yield batch
                 batch = []
             batch.append((*tile, (y2 - y1, x2 - x1)))
@@ -181,35 +196,54 @@ class Segmenter:
     def query_scores(self, image: Image.Image | torch.Tensor, text: torch.Tensor, calibrated: bool) -> torch.Tensor:
         """Per-query scores (Q, H, W) at the image's own size, averaged over windows, scales and
         flips, refined by PAMR when the protocol asks for it."""
-        x = self._as_tensor(image)
-        size = tuple(x.shape[-2:])
+        return self.query_scores_batch(self._as_tensor(image)[None], text, calibrated)[0]
+
+    def query_scores_batch(self, x: torch.Tensor, text: torch.Tensor, calibrated: bool) -> torch.Tensor:
+        """:meth:`query_scores` of B images of one size at once: ``x`` (B, 3, H, W) in [0, 1] on the
+        model's device; ``text`` (Q, C) shared or (B, Q, C) per image → (B, Q, H, W). Every window
+        forward takes the same window of all B images; the result equals B separate calls (up to
+        the float rounding of a batched matrix product)."""
+        batch, size = x.shape[0], tuple(x.shape[-2:])
         views = self._views(x)
         crop, stride = self.protocol.crop_size, self.protocol.stride
         tiles = [(v, box) for v, (img, _) in enumerate(views) for box in window_boxes(*img.shape[-2:], crop, stride)]
         pending = [sum(1 for v, _ in tiles if v == view) for view in range(len(views))]
         canvases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # views in progress: (sum, count)
-        total = x.new_zeros((len(text), *size))
-        for batch in self._batches(tiles):
-            crops = torch.stack([views[v][0][:, y1:y2, x1:x2] for v, (y1, y2, x1, x2), _ in batch])
-            for (v, (y1, y2, x1, x2), _), window in zip(batch, self._score_windows(crops, text, calibrated)):
-                if v not in canvases:
-                    shape = views[v][0].shape[-2:]
-                    canvases[v] = (x.new_zeros((len(text), *shape)), x.new_zeros((1, *shape)))
-                canvas, count = canvases[v]
-                canvas[:, y1:y2, x1:x2] += window
-                count[:, y1:y2, x1:x2] += 1
-                pending[v] -= 1
-                if pending[v] == 0:  # view complete: back to the original size, then freed
+        queries = text.shape[-2]
+        total = None
+        for group in self._batches(tiles, batch):
+            crops = torch.cat([views[v][0][:, :, y1:y2, x1:x2] for v, (y1, y2, x1, x2), _ in group])
+            group_text = text if text.ndim == 2 else text.repeat(len(group), 1, 1)
+            windows = self._score_windows(crops, group_text, calibrated)
+            windows = windows.view(len(group), batch, queries, *crops.shape[-2:])
+            for (v, (y1, y2, x1, x2), _), window in zip(group, windows):
+                shape = tuple(views[v][0].shape[-2:])
+                if pending[v] == 1 and v not in canvases and (y2 - y1, x2 - x1) == shape:
+                    merged = window  # the view's only window covers it: its average is itself
+                else:
+                    if v not in canvases:
+                        canvases[v] = (x.new_zeros((batch, queries, *shape)), x.new_zeros((1, 1, *shape)))
+                    canvas, count = canvases[v]
+                    canvas[:, :, y1:y2, x1:x2] += window
+                    count[:, :, y1:y2, x1:x2] += 1
+                    if pending[v] > 1:
+                        pending[v] -= 1
+                        continue
                     canvas, count = canvases.pop(v)
-                    merged = F.interpolate((canvas / count)[None], size=size, mode="bilinear", align_corners=False)[0]
-                    total += merged.flip(-1) if views[v][1] else merged
-        scores = total / len(views)
+                    merged = canvas / count
+                pending[v] = 0  # view complete: back to the original size, then freed
+                if shape != size:
+                    merged = F.interpolate(merged, size=size, mode="bilinear", align_corners=False)
+                merged = merged.flip(-1) if views[v][1] else merged
+                total = merged if total is None else total + merged
+        scores = total / len(views) if len(views) > 1 else total
         if self.protocol.pamr and self.protocol.pamr_iterations > 0:
             scores = self._refine(x, scores)
         return scores
 
     def _refine(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """PAMR at ``pamr_scale`` × the resized (scale 1.0) image size, then back to the original."""
+        """PAMR at ``pamr_scale`` × the resized (scale 1.0) image size, then back to the original;
+        ``x`` (B, 3, H, W), ``scores`` (B, Q, H, W)."""
         p = self.protocol
         original = tuple(x.shape[-2:])
         factor = (p.short_side or min(original)) / min(original)
@@ -217,49 +251,121 @@ class Segmenter:
             factor = min(factor, p.max_long_side / max(original))
         size = tuple(max(1, round(s * factor * p.pamr_scale)) for s in original)
         if size != original:
-            image = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)
-            small = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False, antialias=True)
+            image = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            small = F.interpolate(scores, size=size, mode="bilinear", align_corners=False, antialias=True)
         else:
-            image, small = x[None], scores[None]
+            image, small = x, scores
         refined = pamr(image, small, p.pamr_iterations, p.pamr_dilations)
         if size != original:
             refined = F.interpolate(refined, size=original, mode="bilinear", align_corners=False)
-        return refined[0]
+        return refined
 
     # --- predictions --------------------------------------------------------------------------
     def predict(self, image: Image.Image | torch.Tensor, keep_scores: bool = True) -> Segmentation:
         """Class ids (H, W) and class scores (K, H, W) for the current vocabulary, on the CPU
         (``keep_scores=False`` skips copying the scores, e.g. when only evaluating labels)."""
+        return self.predict_batch([image], keep_scores)[0]
+
+    __call__ = predict
+
+    def predict_batch(
+        self, images: Sequence[Image.Image | torch.Tensor], keep_scores: bool = True, batch_size: int | None = None
+    ) -> list[Segmentation]:
+        """:meth:`predict` for several images: images of one size go through the model together
+        (at most ``batch_size`` at a time, default ``window_batch``) when the protocol has no
+        sliding windows; the predictions equal one :meth:`predict` per image (up to the rounding
+        of batched matrix products)."""
         if self.vocabulary is None:
             raise TTDError("no vocabulary: call set_vocabulary(...) or pass classes to Segmenter")
         calibrated = self.protocol.background == "threshold"
-        scores = self.query_scores(image, self.query_embeddings, calibrated)
-        labels, class_scores = apply_background_rule(scores, self.owners, self.vocabulary, self.protocol)
-        return Segmentation(labels.cpu(), class_scores.cpu() if keep_scores else None, self.vocabulary.display_names)
+        results: list[Segmentation | None] = [None] * len(images)
+        for indices, x in self._groups(images, batch_size):
+            scores = self.query_scores_batch(x, self.query_embeddings, calibrated)
+            if not keep_scores and self._labels_alone():
+                labels, class_scores = self._threshold_labels(scores), [None] * len(indices)
+            else:
+                labels, class_scores = apply_background_rule(scores, self.owners, self.vocabulary, self.protocol)
+                class_scores = class_scores.cpu() if keep_scores else [None] * len(indices)
+            labels = labels.cpu()
+            for i, lab, sc in zip(indices, labels, class_scores):
+                results[i] = Segmentation(lab, sc, self.vocabulary.display_names)
+        return results
 
-    __call__ = predict
+    def _labels_alone(self) -> bool:
+        """Whether :meth:`_threshold_labels` gives the background rule's labels: threshold rule,
+        one query per class, in class order."""
+        return self.protocol.background == "threshold" and all(a < b for a, b in zip(self.owners, self.owners[1:]))
+
+    def _threshold_labels(self, scores: torch.Tensor) -> torch.Tensor:
+        """The threshold rule's class ids straight from query scores (…, Q, H, W), without the
+        (…, K, H, W) class-score tensor: the best query's class where it beats the background
+        channel (which wins ties, being class 0), else the background. Equal to
+        ``apply_background_rule(...)[0]`` under :meth:`_labels_alone` (argmax takes the first maximum)."""
+        best = scores.argmax(dim=-3)
+        labels = torch.as_tensor(self.owners, device=scores.device)[best]
+        if self.vocabulary.has_background:
+            top = scores.gather(-3, best.unsqueeze(-3)).squeeze(-3)
+            labels = labels.masked_fill_(~(top > self.protocol.background_threshold), 0)
+        return labels
+
+    def _groups(self, images: Sequence, batch_size: int | None):
+        """(indices, (B, 3, H, W) tensor) of images of one size, B ≤ ``batch_size`` and B·Q·H·W ≤
+        :data:`BATCH_SCORE_ELEMENTS`; one image per group when the protocol slides windows (their
+        canvases would multiply the memory)."""
+        tensors = [self._as_tensor(image) for image in images]
+        limit = 1 if self.protocol.crop_size is not None else max(1, batch_size or self.window_batch)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_size.setdefault(tuple(t.shape[-2:]), []).append(i)
+        queries = len(self.queries) if self.vocabulary is not None else 1
+        for (h, w), indices in by_size.items():
+            step = min(limit, max(1, BATCH_SCORE_ELEMENTS // (queries * h * w)))  # score maps of a group bounded
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
+                yield chunk, torch.stack([tensors[i] for i in chunk])
 
     def predict_caption(
         self, image: Image.Image | torch.Tensor, caption: str, threshold: float | None = None
     ) -> CaptionSegmentation:
         """The caption's calibrated heatmap over the image, thresholded (default: the protocol's
         ``background_threshold``) into a binary mask. The caption is used as written (no templates)."""
-        if not caption or not caption.strip():
+        return self.predict_caption_batch([image], [caption], threshold)[0]
+
+    def predict_caption_batch(
+        self,
+        images: Sequence[Image.Image | torch.Tensor],
+        captions: Sequence[str],
+        threshold: float | None = None,
+        batch_size: int | None = None,
+    ) -> list[CaptionSegmentation]:
+        """:meth:`predict_caption` for pairs (image, caption), batched like :meth:`predict_batch`;
+        every image is scored against its own caption."""
+        if len(images) != len(captions):
+            raise TTDError(f"{len(images)} images but {len(captions)} captions")
+        if any(not c or not c.strip() for c in captions):
             raise TTDError("the caption is empty")
         threshold = self.protocol.background_threshold if threshold is None else float(threshold)
         with torch.no_grad():
-            text = self.model.encode_text([caption])
-        heat = normalize_caption_map(self.query_scores(image, text, calibrated=True)[0].clamp(0, 1), self.protocol.caption_normalize)
-        return CaptionSegmentation((heat > threshold).cpu(), heat.cpu(), caption, threshold)
+            text = self.model.encode_text(list(captions))  # one cache look-up for the whole batch
+        results: list[CaptionSegmentation | None] = [None] * len(images)
+        for indices, x in self._groups(images, batch_size):
+            own = text[indices][:, None] if len(indices) > 1 else text[indices]  # (B, 1, C); one image: (1, C)
+            heat = self.query_scores_batch(x, own, calibrated=True)[:, 0].clamp(0, 1)
+            heat = normalize_caption_map(heat, self.protocol.caption_normalize)
+            heat = heat.cpu()
+            for i, h in zip(indices, heat):
+                results[i] = CaptionSegmentation(h > threshold, h, captions[i], threshold)
+        return results
 
 
 def normalize_caption_map(heatmap: torch.Tensor, mode: str) -> torch.Tensor:
     """A caption map as the protocol's ``caption_normalize`` wants it before the threshold:
     unchanged (``none``), or min-max normalised over the image (``minmax``, the
-    weakly-supervised-segmentation convention: the map's own peak becomes 1)."""
+    weakly-supervised-segmentation convention: the map's own peak becomes 1). A batch (B, H, W)
+    is normalised map by map."""
     if mode == "none":
         return heatmap
-    low, high = heatmap.min(), heatmap.max()
+    low, high = heatmap.amin(dim=(-2, -1), keepdim=True), heatmap.amax(dim=(-2, -1), keepdim=True)
     return (heatmap - low) / (high - low).clamp(min=1e-6)
 
 

@@ -114,6 +114,27 @@ class CaptionMetrics:
                 multi_tag.update(prediction, target)
                 coverage.update(heat, prediction.bool(), sample.tag_masks, target == 0)
 
+    def update_batch(self, pairs: list[tuple[torch.Tensor, CaptionSample]]) -> None:
+        """:meth:`update` for several (heatmap, sample) pairs: the same counts, with the
+        confusion matrices of maps of one size updated in one call."""
+        if len({tuple(h.shape) for h, _ in pairs}) != 1:
+            for heatmap, sample in pairs:
+                self.update(heatmap, sample)
+            return
+        heatmaps = torch.stack([h for h, _ in pairs])
+        targets = torch.stack([sample.target for _, sample in pairs])
+        multi = [sum(bool(m.any()) for m in sample.tag_masks) >= 2 for _, sample in pairs]
+        for mode, (everything, multi_tag, coverage) in self.parts.items():
+            heat = normalize_caption_map(heatmaps, mode)  # map by map
+            predictions = (heat > self.threshold).long()
+            everything.update(predictions, targets)
+            if any(multi):
+                chosen = torch.tensor(multi)
+                multi_tag.update(predictions[chosen], targets[chosen])
+                for (_, sample), h, prediction, m in zip(pairs, heat, predictions, multi):
+                    if m:
+                        coverage.update(h, prediction.bool(), sample.tag_masks, sample.target == 0)
+
     def state(self) -> torch.Tensor:
         return torch.cat([m.state().double().flatten() for parts in self.parts.values() for m in parts])
 
@@ -172,6 +193,7 @@ def evaluate_captions(
     limit: int | None = None,
     figures: int = 4,
     window_batch: int = 16,
+    batch_size: int = 32,
     resume: bool = True,
     checkpoint_every: int = 25,
     workers: int = 0,
@@ -180,7 +202,8 @@ def evaluate_captions(
 ) -> dict:
     """CaptionIoU (%), mFPR and mFNR of the thresholded caption heatmaps over ``dataset``, the
     caption class's own figures and the single-tag-bias figures, on the raw and on the min-max
-    normalised map (headline: the protocol's ``caption_normalize``)."""
+    normalised map (headline: the protocol's ``caption_normalize``). Without sliding windows,
+    images of one size go through the model up to ``batch_size`` at a time."""
     segmenter = Segmenter(model, protocol.replace(caption_normalize="none"), window_batch=window_batch)
     metric = CaptionMetrics(threshold)
     key = {"task": "caption", "records": len(dataset), "limit": limit, "threshold": threshold,
@@ -190,6 +213,12 @@ def evaluate_captions(
     def predict(sample: CaptionSample):
         return segmenter.predict_caption(sample.image, sample.caption, threshold).heatmap, sample
 
+    def predict_batch(samples: list[CaptionSample]):
+        predictions = segmenter.predict_caption_batch(
+            [s.image for s in samples], [s.caption for s in samples], threshold, batch_size=batch_size
+        )
+        return [(p.heatmap, s) for p, s in zip(predictions, samples)]
+
     def figure(sample: CaptionSample, heatmap: torch.Tensor) -> Image.Image:
         return _figure(sample, (normalize_caption_map(heatmap, protocol.caption_normalize) > threshold).long())
 
@@ -197,6 +226,7 @@ def evaluate_captions(
         dataset, predict, metric, ctx=ctx, checkpoint=checkpoint, limit=limit, desc=f"captions [{protocol.name}]",
         progress=progress, workers=workers, checkpoint_every=checkpoint_every, figure=figure, figures=figures,
         figure_dir=Path(out_dir) / "figures" if out_dir is not None else None,
+        predict_batch=predict_batch if protocol.crop_size is None else None, batch_size=batch_size,
     )
     figures_by_mode = metric.compute()
     headline = figures_by_mode[protocol.caption_normalize]

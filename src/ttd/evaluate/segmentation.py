@@ -70,6 +70,7 @@ def evaluate_segmentation(
     limit: int | None = None,
     figures: int = 4,
     window_batch: int = 16,
+    batch_size: int = 32,
     use_cache: bool = True,
     resume: bool = True,
     checkpoint_every: int = 25,
@@ -78,6 +79,10 @@ def evaluate_segmentation(
     progress: bool = True,
 ) -> dict:
     """Segment every image of ``dataset`` (the first ``limit``) and score it against its labels.
+
+    Without sliding windows (``crop_size: null``), images of one size go through the model up to
+    ``batch_size`` at a time; with windows, one image at a time (its windows batched by
+    ``window_batch``).
 
     Returns the result dict (also written to ``out_dir`` by the main process): ``mIoU``,
     ``mFPR``, ``mFNR``, ``aAcc`` in percent / fractions, per-class values, the protocol used.
@@ -97,6 +102,10 @@ def evaluate_segmentation(
     def predict(sample):
         return segmenter.predict(sample.image, keep_scores=False).labels, sample.label
 
+    def predict_batch(samples):
+        predictions = segmenter.predict_batch([s.image for s in samples], keep_scores=False, batch_size=batch_size)
+        return [(p.labels, s.label) for p, s in zip(predictions, samples)]
+
     def figure(sample, prediction):
         return prediction_figure(sample.image, prediction, sample.label, vocabulary)
 
@@ -105,6 +114,7 @@ def evaluate_segmentation(
         desc=f"{dataset.name} [{protocol.name}]", progress=progress, workers=workers,
         checkpoint_every=checkpoint_every, figure=figure, figures=figures,
         figure_dir=Path(out_dir) / "figures" if out_dir is not None else None,
+        predict_batch=predict_batch if protocol.crop_size is None else None, batch_size=batch_size,
     )
     scores = metric.reduce().compute()
     names = vocabulary.display_names

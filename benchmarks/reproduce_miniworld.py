@@ -330,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", choices=("readouts", "tune", "report"), default="report",
                         help="readouts: compare the MaskCLIP-like base's dense readouts only; tune: also the tuning runs; "
                              "report: everything (default)")
+    parser.add_argument("--tune-base", action="append", default=[], metavar="NAME=WEIGHTS",
+                        help="weights the tuning runs of a base use (default: its --base weights), e.g. the fp32 "
+                             "pretraining output of the fp16 copy that the reported runs use")
     parser.add_argument("--chosen", action="append", default=[], metavar="BASE=RUN",
                         help="the tuning run whose settings a base's reported TTD uses (default: paper)")
     parser.add_argument("--tuning", default=None, help="comma-separated tuning runs (default: all)")
@@ -374,7 +377,9 @@ def main(argv: list[str] | None = None) -> None:
             write()
     if args.stage == "readouts":
         return
-    for base in bases:
+    tune_weights = dict(parse_base(b) for b in args.tune_base)
+    for reported in bases:
+        base = Base(reported.name, reported.kind, reported.dense, tune_weights.get(reported.name, reported.weights))
         print(f"== {base.name}: tuning on {args.tune}", flush=True)
         ev[f"{base.name}/tune/base"] = evaluate(base, None, args.tune, "val", args)
         for run in tuning:

@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import sys
+from pathlib import Path
 
 from .config import DEFAULT_MODEL
 from .errors import TTDError
@@ -71,6 +72,14 @@ def load_model_from_args(args):
 
         model = load_adapter(model, args.adapter)
     return model.eval()
+
+
+def _output_lock(folder, args):
+    """The lock of an output folder this command writes (held by the main process of a torchrun)."""
+    from .distributed import is_main_process
+    from .locks import output_lock
+
+    return output_lock(folder, " ".join(filter(None, (args.command, getattr(args, "task", None)))), is_main_process())
 
 
 def _comma_list(text: str) -> list[str]:
@@ -159,10 +168,11 @@ def _run_eval_tags(args) -> int:
     taggers = [create_tagger(name, **options.get(name, {})) for name in _comma_list(args.taggers)]
     records = read_manifest(args.data)
     model = load_model_from_args(args) if scorers else None
-    result = evaluate_tags(
-        records, model, scorers, taggers, _tag_selection(args, "pixel"), args.batch_size, manifest=args.data
-    )
-    json_path, md_path = write_tags_report(result, args.out)
+    with _output_lock(args.out, args):
+        result = evaluate_tags(
+            records, model, scorers, taggers, _tag_selection(args, "pixel"), args.batch_size, manifest=args.data
+        )
+        json_path, md_path = write_tags_report(result, args.out)
     print(tags_table(result), end="")
     print(f"wrote {json_path} and {md_path}")
     return 0
@@ -204,7 +214,8 @@ def _run_train(args) -> int:
     from .train import train
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume)
-    result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    with _output_lock(config.out, args):
+        result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     if result.adapter is not None:
         print(f"adapter: {result.adapter}")
     else:
@@ -233,7 +244,8 @@ def _run_pretrain(args) -> int:
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume, defaults={"out": "runs/pretrain"})
     clip_config = CLIPConfig.from_file(args.clip_config) if args.clip_config else None
-    result = pretrain(config, clip_config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    with _output_lock(config.out, args):
+        result = pretrain(config, clip_config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     if result.stopped_early:
         print(f"stopped at step {result.step}/{config.steps}; continue with: ttd pretrain --out {config.out} --resume")
     else:
@@ -249,8 +261,6 @@ def _add_data(sub) -> None:
 
 
 def _add_data_miniworld(sub) -> None:
-    from pathlib import Path
-
     p = sub.add_parser(
         "miniworld",
         help="build the offline mini-world (clip-art composites, captions, masks)",
@@ -302,15 +312,16 @@ def _run_data_miniworld(args) -> int:
         shard_size=args.shard_size,
         train_masks=args.train_masks,
     )
-    summary = build_miniworld(
-        args.out,
-        config,
-        source=args.source or DEFAULT_SOURCE,
-        vocabulary=args.vocabulary,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    with _output_lock(args.out, args):
+        summary = build_miniworld(
+            args.out,
+            config,
+            source=args.source or DEFAULT_SOURCE,
+            vocabulary=args.vocabulary,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
     print(
         f"mini-world: {summary['images']} images ({summary['nouns']} nouns) in {summary['out']} "
         f"({summary['images_per_s']:.0f} images/s); see {summary['out']}/README.txt"
@@ -337,18 +348,19 @@ def _add_data_prune(data_sub) -> None:
 
 
 def _run_prune(args) -> int:
-    from .data.prune import check_prune_args, prune
+    from .data.prune import check_prune_args, prune, scores_dir
 
-    check_prune_args(args.data, args.keep_fraction, args.batch_size)
-    result = prune(
-        args.data,
-        args.out,
-        load_model_from_args(args),
-        keep_fraction=args.keep_fraction,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        image_size=args.image_size,
-    )
+    check_prune_args(args.data, args.keep_fraction, args.batch_size, args.image_size, args.workers)
+    with _output_lock(scores_dir(Path(args.out)), args):
+        result = prune(
+            args.data,
+            args.out,
+            load_model_from_args(args),
+            keep_fraction=args.keep_fraction,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            image_size=args.image_size,
+        )
     print(f"kept {result.kept:,} of {result.scored:,} scored pairs (score ≥ {result.threshold:.4f}); "
           f"{result.skipped:,} unreadable skipped → {result.out}")
     return 0
@@ -464,10 +476,11 @@ def _run_evaluation(args, protocol, required: tuple[str, ...], load_dataset, eva
         return 0
     _require(args, *required)
     dataset = load_dataset()  # a bad dataset fails before any model is loaded
-    result = evaluate(
-        load_model_from_args(args), dataset, protocol, args.out, method=_method_label(args), limit=args.limit,
-        figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers, **options,
-    )
+    with _output_lock(args.out, args):
+        result = evaluate(
+            load_model_from_args(args), dataset, protocol, args.out, method=_method_label(args), limit=args.limit,
+            figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers, **options,
+        )
     if is_main_process():
         print(markdown(result), end="")
         print(f"results written to {args.out}")
@@ -517,8 +530,6 @@ def _add_segment(sub) -> None:
 
 
 def _run_segment(args) -> int:
-    from pathlib import Path
-
     from .images import load_image
     from .segment import Segmenter, segment_figure
 
@@ -555,12 +566,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 success, 1 a failure while running (disk full, a diverged run), 2 bad input;
+    every error is one line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except (TTDError, FileNotFoundError) as err:
         print(f"ttd {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
+    except OSError as err:  # disk full, read-only, a name the OS refuses: the file and the reason
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ttd {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ttd {args.command}: interrupted", file=sys.stderr)
         return 130

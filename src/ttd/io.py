@@ -15,7 +15,10 @@ from pathlib import Path
 
 from .errors import TTDError
 
-__all__ = ["asset", "read_named_or_file", "fingerprint", "weights_version", "atomic_write_bytes", "save_json", "markdown_table", "default_device"]
+__all__ = [
+    "asset", "read_named_or_file", "fingerprint", "inputs_digest", "file_digest", "weights_version", "atomic_write_bytes",
+    "save_json", "markdown_table", "default_device",
+]
 
 
 def asset(*parts: str) -> Path:
@@ -30,9 +33,33 @@ def read_named_or_file(spec: str | os.PathLike, names: Sequence[str], folder: st
     if str(spec) in names:
         return asset(folder, f"{spec}{suffix}").read_text(encoding="utf-8"), f"{label} {spec}"
     path = Path(spec)
-    if not path.is_file():
+    if not _is_file(path):
         raise TTDError(f"unknown {what} {str(spec)!r}: choose one of {', '.join(names)} or give {file_kind}")
     return path.read_text(encoding="utf-8"), str(path)
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` that says False for names the OS refuses (too long, NUL bytes): a
+    comma list or a class name is often tried as a path first."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def inputs_digest(*parts) -> str:
+    """The key of a resumable cache: a hash of everything that changes its results (data digests,
+    weight fingerprints, settings), so a rerun with other inputs never reuses stale entries."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A hash of a file's bytes (a manifest's content, not its name or line positions)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
 
 
 def fingerprint(tensors) -> str:
@@ -57,6 +84,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; outputs honour the umask like open()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -66,6 +94,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_json(obj, path: str | os.PathLike) -> Path:
@@ -84,9 +118,21 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU."""
+    """The requested device, else CUDA when present, else CPU; a device this machine lacks is a
+    one-line error here rather than a traceback deep in the first tensor move."""
     import torch
 
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise TTDError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from None
+    available = {
+        "cpu": 1,
+        "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "mps": int(torch.backends.mps.is_available()),
+    }
+    if (dev.index or 0) >= available.get(dev.type, 0):
+        raise TTDError(f"device {str(device)!r} is not available on this machine; use --device cpu (or omit --device)")
+    return dev

@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import zipfile
 import random
 import shutil
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +93,14 @@ def load_torch(path: Path):
     if not path.is_file():
         raise TTDError(f"checkpoint file missing: {path} (was the run written by a different number of processes?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TTDError(f"checkpoint file {path} is damaged or not a ttd checkpoint ({reason[:200]})") from None
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise TTDError(f"checkpoint file {path} holds objects other than tensors (refused, nothing run)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        reason = str(err).strip().split(".")[0] or type(err).__name__
+        raise TTDError(f"checkpoint file {path} is damaged ({reason[:120]})") from None
 
 
 def publish_checkpoint(tmp: Path, final: Path, keep: int) -> None:

@@ -82,6 +82,22 @@ def _output_lock(folder, args):
     return output_lock(folder, " ".join(filter(None, (args.command, getattr(args, "task", None)))), is_main_process())
 
 
+def _check(ok: bool, flag: str, value, need: str) -> None:
+    """A flag's value outside its range is a one-line usage error before any work starts."""
+    if not ok:
+        raise TTDError(f"--{flag} must be {need}, got {value}")
+
+
+def _check_image_out(flag: str, path: str) -> None:
+    """An image output must be a file name Pillow can write (not a folder, not ``.txt``)."""
+    from PIL import Image
+
+    if Path(path).is_dir():
+        raise TTDError(f"--{flag} {path} is a folder; give an image file name such as {Path(path) / 'overlay.png'}")
+    if Path(path).suffix.lower() not in Image.registered_extensions():
+        raise TTDError(f"--{flag} {path}: not an image file name; end it in .png or .jpg")
+
+
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -98,6 +114,7 @@ def _add_tag_selection_args(p: argparse.ArgumentParser) -> None:
 def _tag_selection(args, scorer: str):
     from .method.tags import TagSelection
 
+    _check(0 <= args.tau <= 1, "tau", args.tau, "in [0, 1]")
     return TagSelection(scorer, args.tau, args.normalize, args.keep_argmax, args.stopwords, args.template)
 
 
@@ -388,6 +405,9 @@ def _run_quickstart(args) -> int:
     from .evaluate.miniworld import EMBEDDED_ADAPTER, EMBEDDED_MODEL, SAMPLES_MANIFEST
     from .quickstart import run_quickstart
 
+    _check(0 <= args.tau <= 1, "tau", args.tau, "in [0, 1]")
+    _check(args.images >= 1, "images", args.images, "at least 1")
+
     result = run_quickstart(
         out=args.out,
         model=args.model or EMBEDDED_MODEL,
@@ -475,6 +495,10 @@ def _run_evaluation(args, protocol, required: tuple[str, ...], load_dataset, eva
     if args.print_protocol:
         return 0
     _require(args, *required)
+    _check(args.limit is None or args.limit >= 1, "limit", args.limit, "at least 1")
+    _check(args.workers >= 0, "workers", args.workers, "0 or more")
+    _check(args.figures >= 0, "figures", args.figures, "0 or more")
+    _check(args.window_batch >= 1, "window-batch", args.window_batch, "at least 1")
     dataset = load_dataset()  # a bad dataset fails before any model is loaded
     with _output_lock(args.out, args):
         result = evaluate(
@@ -500,6 +524,8 @@ def _run_eval_seg(args) -> int:
 
 def _run_eval_caption(args) -> int:
     from .evaluate.caption import CaptionMaskDataset, caption_markdown, evaluate_captions
+
+    _check(0 <= args.threshold <= 1, "threshold", args.threshold, "in [0, 1]")
 
     return _run_evaluation(
         args, _resolve_protocol(args), ("data", "out"), lambda: CaptionMaskDataset.from_manifest(args.data),
@@ -539,6 +565,12 @@ def _run_segment(args) -> int:
     protocol = _resolve_protocol(args, extra={k: v for k, v in extra.items() if v is not None})
     if args.print_protocol:
         return 0
+    if args.text is not None and not args.text.strip():
+        raise TTDError("--text is empty; give a caption such as --text 'a cat on a sofa'")
+    _check(args.window_batch >= 1, "window-batch", args.window_batch, "at least 1")
+    for flag in ("out", "heatmaps"):
+        if getattr(args, flag):
+            _check_image_out(flag, getattr(args, flag))
     image = load_image(args.image)
     segmenter = Segmenter(load_model_from_args(args), protocol, window_batch=args.window_batch)
     shown = segment_figure(segmenter, image, classes=args.classes, text=args.text, background=args.background,

@@ -16,8 +16,8 @@ from pathlib import Path
 from .errors import TTDError
 
 __all__ = [
-    "asset", "read_named_or_file", "fingerprint", "inputs_digest", "file_digest", "weights_version", "atomic_write_bytes",
-    "save_json", "markdown_table", "default_device",
+    "asset", "read_named_or_file", "is_file", "fingerprint", "inputs_digest", "file_digest", "weights_version",
+    "atomic_write_bytes", "remove_temporaries", "save_json", "markdown_table", "default_device",
 ]
 
 
@@ -33,12 +33,12 @@ def read_named_or_file(spec: str | os.PathLike, names: Sequence[str], folder: st
     if str(spec) in names:
         return asset(folder, f"{spec}{suffix}").read_text(encoding="utf-8"), f"{label} {spec}"
     path = Path(spec)
-    if not _is_file(path):
+    if not is_file(path):
         raise TTDError(f"unknown {what} {str(spec)!r}: choose one of {', '.join(names)} or give {file_kind}")
     return path.read_text(encoding="utf-8"), str(path)
 
 
-def _is_file(path: Path) -> bool:
+def is_file(path: Path) -> bool:
     """``path.is_file()`` that says False for names the OS refuses (too long, NUL bytes): a
     comma list or a class name is often tried as a path first."""
     try:
@@ -94,6 +94,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_temporaries(folder: str | os.PathLike) -> None:
+    """Delete what :func:`atomic_write_bytes` leaves when its process is killed (``.NAME.XXXX.tmp``);
+    only the holder of the folder's lock may, as no other writer can be mid-write."""
+    for path in Path(folder).rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _umask() -> int:

@@ -1,5 +1,7 @@
 """One writer per output folder: two commands writing the same ``--out`` would mix their files.
 
+The holder also removes the temporaries of atomic writes that a killed earlier writer left.
+
 The lock is a file ``.ttd.lock`` inside the folder, created exclusively and holding the owner's
 pid, host and command. A second writer gets a one-line error naming the first one; a lock left by
 a process that died (same host, pid gone) is taken over with a warning.
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import TTDError
+from .io import remove_temporaries
 
 __all__ = ["LOCK_NAME", "output_lock"]
 
@@ -75,6 +78,7 @@ def output_lock(folder: str | os.PathLike | None, command: str, active: bool = T
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     _acquire(path, command)
+    remove_temporaries(folder)
     try:
         yield
     finally:

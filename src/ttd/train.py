@@ -108,6 +108,7 @@ class Trainer:
 
             model = load_model(config.model, dense=config.dense, device=str(self.dist.device), quick_gelu=config.quick_gelu)
         self.model = model.to(self.dist.device)
+        self.model.config.check_input_size(config.image_size)
         self.model.base_fingerprint = base_fingerprint(self.model)
         if config.finetune == "lora":
             inject_lora(self.model, config.lora_config())

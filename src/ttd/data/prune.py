@@ -205,6 +205,7 @@ def prune(
     check_prune_args(data, keep_fraction, batch_size, image_size, workers)
     out = Path(out)
     folder = scores_dir(out)
+    model.config.check_input_size(image_size)
     _open_scores(folder, _scores_key(data, model, image_size, chunk))
     model.eval()
     with tqdm(total=0, unit="pair", disable=not progress, dynamic_ncols=True, desc="scoring") as bar:

@@ -175,6 +175,8 @@ def test_bad_inputs_give_one_line_and_the_right_exit_code(world, tmp_path):
                    "--warmup-steps", "0"], rc=1, why="diverging run", says="diverged"),
         dict(argv=[*train[:2], w["unreadable"], *train[3:], "--out", str(tmp_path / "t4")], rc=1,
              why="every image unreadable", says="no readable sample"),
+        dict(argv=["data", "prune", "--data", w["unreadable"], "--out", str(tmp_path / "p2.jsonl"), *model, "--image-size",
+                   "32", "--workers", "0"], rc=1, why="prune: every image unreadable", says="no readable pairs"),
         dict(argv=[*train, "--out", str(tmp_path / "full")], rc=1, why="disk full in train", seam="enospc",
              says="No space left on device"),
         dict(argv=[*seg, "--classes", "cat"], rc=1, why="disk full in segment", seam="enospc", says="No space"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import TTDError
 
 __all__ = [
-    "asset", "read_named_or_file", "is_file", "fingerprint", "inputs_digest", "file_digest", "weights_version",
+    "asset", "read_named_or_file", "is_file", "fingerprint", "inputs_digest", "file_digest", "files_digest", "weights_version",
     "atomic_write_bytes", "remove_temporaries", "save_json", "markdown_table", "default_device",
 ]
 
@@ -60,6 +60,16 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:32]
+
+
+def files_digest(paths) -> str:
+    """A cheap key of many files (names, sizes, modification times): an evaluation set's images
+    and masks are too many to hash, yet any change to them must miss a resumable state."""
+    stats = []
+    for path in paths:
+        st = os.stat(path)
+        stats.append((str(path), st.st_size, st.st_mtime_ns))
+    return inputs_digest(stats)
 
 
 def fingerprint(tensors) -> str:

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import TTDError
+from ..errors import TTDError, TTDFailure
 from ..cache import weights_fingerprint
-from ..io import atomic_write_bytes, file_digest, inputs_digest, save_json
+from ..io import atomic_write_bytes, file_digest, files_digest, inputs_digest, save_json
 from ..models.dense import DenseCLIP
 from ..models.tokenizer import tokenize
 from .manifest import read_manifest, write_manifest
@@ -163,10 +163,8 @@ def _scores_key(data: str, model: DenseCLIP, image_size: int, chunk: int) -> str
     if is_manifest(data):
         source = file_digest(data)
     else:
-        source = []  # shards are too large to hash: their names, sizes and times
-        for url in list_shards(data):
-            st = os.stat(url) if os.path.isfile(url) else None
-            source.append([url, st.st_size, st.st_mtime_ns] if st else url)
+        shards = list_shards(data)  # too large to hash: their names, sizes and times (URLs: their names)
+        source = files_digest(shards) if all(os.path.isfile(url) for url in shards) else shards
     return inputs_digest("prune", source, weights_fingerprint(model), getattr(model, "name", ""), image_size, chunk)
 
 
@@ -181,7 +179,7 @@ def _open_scores(folder: Path, key: str) -> None:
     stale = [*folder.glob("chunk_*.json"), *folder.glob("shard_*.json")]
     if saved != key:
         if stale:
-            print(f"ttd data prune: the scores in {folder} were computed from other data, model or settings; rescoring",
+            print(f"ttd data prune: warning: the scores in {folder} were computed from other data, model or settings; rescoring",
                   file=sys.stderr)
         for p in stale:
             p.unlink()
@@ -214,7 +212,7 @@ def prune(
         else:
             scored, skipped = _score_shards(data, folder, model, batch_size, workers, image_size, bar)
     if not scored:
-        raise TTDError(f"no readable pairs in {data}")
+        raise TTDFailure(f"no readable pairs in {data} ({skipped:,} skipped); check the image paths and files it names")
     keep = math.ceil(keep_fraction * len(scored))
     ranked = sorted(range(len(scored)), key=lambda i: -scored[i]["score"])[:keep]
     threshold = scored[ranked[-1]]["score"]

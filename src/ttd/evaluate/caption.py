@@ -25,7 +25,7 @@ from ..data.segmentation import IGNORE_INDEX, read_label
 from ..distributed import Distributed, owns_process_group
 from ..errors import TTDError
 from ..images import load_image
-from ..io import markdown_table
+from ..io import files_digest, inputs_digest, markdown_table
 from ..metrics import ConfusionMatrix
 from ..protocols import Protocol
 from ..segment import Segmenter
@@ -108,7 +108,8 @@ def evaluate_captions(
     segmenter = Segmenter(model, protocol, window_batch=window_batch)
     metric = ConfusionMatrix(len(CLASSES))
     key = {"task": "caption", "records": len(dataset), "limit": limit, "threshold": threshold,
-           "protocol": protocol.to_dict()}
+           "protocol": protocol.to_dict(), "captions": inputs_digest([r.caption for r in dataset.records]),
+           "data": files_digest(path for r in dataset.records for path in (r.image, r.caption_mask))}
     checkpoint = open_checkpoint(out_dir, key, model, ctx, resume)
 
     def predict(sample: CaptionSample):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from ttd.models.lora import LoRAConfig, base_fingerprint, inject_lora, save_adap
 from ttd.models.weights import save_weights
 
 SRC = Path(__file__).parent.parent / "src"
+_PROGRESS = re.compile(r"\[\d+:\d\d")  # a progress bar's elapsed time, e.g. "[00:03, 1.2img/s]"
 
 # Runs each case of argv[1] (JSON) through ttd.cli.main; writes [{rc, err, traceback}] to argv[2].
 _DRIVER = r"""
@@ -74,7 +76,7 @@ def _check(cases: list[dict], results: list[dict]) -> None:
     wrong = []
     for case, got in zip(cases, results, strict=True):
         name = " ".join(case["argv"][:2]) + f" ({case['why']})"
-        lines = [line for line in got["err"].replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+        lines = [line for line in got["err"].replace("\r", "\n").splitlines() if line.strip() and not _PROGRESS.search(line)]
         if got["traceback"] or "Traceback" in got["err"]:
             wrong.append(f"{name}: {got['traceback'] or got['err']}")
         elif got["rc"] != case["rc"]:

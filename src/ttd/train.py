@@ -294,7 +294,7 @@ class Trainer:
         if self._interval is None:
             self._interval = {"sums": torch.zeros(len(names)), "samples": 0.0}
         timed, tick = 0.0, time.perf_counter()  # throughput of this invocation only
-        seen = 0.0  # samples trained on by all processes in this invocation
+        start, seen = self.step, 0.0  # samples trained on by all processes in this invocation
         last: dict[str, float] = {}
         checkpoint = None
         handlers = {}
@@ -334,9 +334,9 @@ class Trainer:
                 if stop:
                     break
                 if self.step % cfg.save_every == 0 and self.step < target:
-                    self._check_seen(seen)
+                    self._check_seen(start, seen)
                     checkpoint = self.save_checkpoint()
-            self._check_seen(seen)
+            self._check_seen(start, seen)
             checkpoint = self.save_checkpoint()
             skipped = self._skipped()
             if skipped and self.dist.main:
@@ -363,9 +363,9 @@ class Trainer:
             dist.all_reduce(skipped)
         return int(skipped.item())
 
-    def _check_seen(self, seen: float) -> None:
-        """Steps that saw no sample at all would publish an untrained adapter as a result."""
-        if self.step and not seen:
+    def _check_seen(self, start: int, seen: float) -> None:
+        """Steps since ``start`` that saw no sample at all would publish an untrained adapter as a result."""
+        if self.step > start and not seen:
             raise TTDFailure(f"no readable sample in {self.config.data} ({self._skipped():,} skipped); "
                              "check the image paths and files it names")
 

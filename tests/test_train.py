@@ -375,11 +375,11 @@ def test_defaults_follow_the_model_and_say_what_they_do(tmp_path, capsys):
     manifest = write_manifest(tmp_path / "data", make_pairs(4))
     short = config(manifest, tmp_path / "run", image_size=None, warmup_steps=500, steps=3)
     train(short, model=tiny_model(), progress=False, stop_after=2)
-    err = capsys.readouterr().err
-    assert "warning: steps (3) ≤ warmup_steps (500)" in err and err.count("\n") == 1
+    out = capsys.readouterr().out  # on stdout: errors alone go to stderr, one line each
+    assert "warning: steps (3) ≤ warmup_steps (500)" in out and out.count("\n") == 2
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.image_size == tiny_model().config.image_size  # the model's own resolution
     train(config(manifest, tmp_path / "run", image_size=None, warmup_steps=500, steps=3), model=tiny_model(),
           progress=False, resume=True)
-    assert "resuming from step 2 (" in capsys.readouterr().err
+    assert "resuming from step 2" in capsys.readouterr().err
     assert 1 <= TrainConfig().workers <= 4

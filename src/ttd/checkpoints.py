@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import random
 import shutil
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ __all__ = [
     "CHECKPOINTS",
     "step_dir",
     "latest_checkpoint",
+    "complete_checkpoints",
     "publish_checkpoint",
     "rng_state",
     "set_rng_state",
@@ -39,11 +43,16 @@ def step_dir(out: Path, step: int) -> Path:
     return out / CHECKPOINTS / f"step_{step:08d}"
 
 
+def complete_checkpoints(out: str | os.PathLike) -> list[Path]:
+    """The complete checkpoint folders under ``out``, newest first (resume falls back along it)."""
+    root = Path(out) / CHECKPOINTS
+    return sorted((p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")), reverse=True)
+
+
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint folder under ``out`` (None when there is none)."""
-    root = Path(out) / CHECKPOINTS
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
+    done = complete_checkpoints(out)
+    return done[0] if done else None
 
 
 def rng_state() -> dict:
@@ -83,7 +92,15 @@ def save_torch(obj, path: Path) -> None:
 def load_torch(path: Path):
     if not path.is_file():
         raise TTDError(f"checkpoint file missing: {path} (was the run written by a different number of processes?)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise TTDError(f"checkpoint file {path} holds objects other than tensors (refused, nothing run)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        reason = str(err).strip().split(".")[0] or type(err).__name__
+        raise TTDError(f"checkpoint file {path} is damaged ({reason[:120]})") from None
 
 
 def publish_checkpoint(tmp: Path, final: Path, keep: int) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+from pathlib import Path
 
 from .config import DEFAULT_MODEL
 from .errors import TTDError
@@ -79,6 +80,30 @@ def load_model_from_args(args):
     return model.eval()
 
 
+def _output_lock(folder, args):
+    """The lock of an output folder this command writes (held by the main process of a torchrun)."""
+    from .distributed import is_main_process
+    from .locks import output_lock
+
+    return output_lock(folder, " ".join(filter(None, (args.command, getattr(args, "task", None)))), is_main_process())
+
+
+def _check(ok: bool, flag: str, value, need: str) -> None:
+    """A flag's value outside its range is a one-line usage error before any work starts."""
+    if not ok:
+        raise TTDError(f"--{flag} must be {need}, got {value}")
+
+
+def _check_image_out(flag: str, path: str) -> None:
+    """An image output must be a file name Pillow can write (not a folder, not ``.txt``)."""
+    from PIL import Image
+
+    if Path(path).is_dir():
+        raise TTDError(f"--{flag} {path} is a folder; give an image file name such as {Path(path) / 'overlay.png'}")
+    if Path(path).suffix.lower() not in Image.registered_extensions():
+        raise TTDError(f"--{flag} {path}: not an image file name; end it in .png or .jpg")
+
+
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -95,6 +120,7 @@ def _add_tag_selection_args(p: argparse.ArgumentParser) -> None:
 def _tag_selection(args, scorer: str):
     from .method.tags import TagSelection
 
+    _check(0 <= args.tau <= 1, "tau", args.tau, "in [0, 1]")
     return TagSelection(scorer, args.tau, args.normalize, args.keep_argmax, args.stopwords, args.template)
 
 
@@ -167,11 +193,12 @@ def _run_eval_tags(args) -> int:
     taggers = [create_tagger(name, **options.get(name, {})) for name in _comma_list(args.taggers)]
     records = read_records(args.data)
     model = load_model_from_args(args) if scorers else None
-    result = evaluate_tags(
-        records, model, scorers, taggers, _tag_selection(args, "pixel"), args.batch_size, manifest=args.data,
-        progress=not args.quiet,
-    )
-    json_path, md_path = write_tags_report(result, args.out)
+    with _output_lock(args.out, args):
+        result = evaluate_tags(
+            records, model, scorers, taggers, _tag_selection(args, "pixel"), args.batch_size, manifest=args.data,
+            progress=not args.quiet,
+        )
+        json_path, md_path = write_tags_report(result, args.out)
     print(tags_table(result), end="")
     print(f"wrote {json_path} and {md_path}")
     return 0
@@ -214,7 +241,8 @@ def _run_train(args) -> int:
     from .train import train
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume)
-    result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    with _output_lock(config.out, args):
+        result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     if result.adapter is not None:
         print(f"adapter: {result.adapter}")
     else:
@@ -243,7 +271,8 @@ def _run_pretrain(args) -> int:
 
     config = resolve_config(args.config, config_overrides(args), resume=args.resume, defaults={"out": "runs/pretrain"})
     clip_config = CLIPConfig.from_file(args.clip_config) if args.clip_config else None
-    result = pretrain(config, clip_config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    with _output_lock(config.out, args):
+        result = pretrain(config, clip_config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     if result.stopped_early:
         print(f"stopped at step {result.step}/{config.steps}; continue with: ttd pretrain --out {config.out} --resume")
     else:
@@ -259,8 +288,6 @@ def _add_data(sub) -> None:
 
 
 def _add_data_miniworld(sub) -> None:
-    from pathlib import Path
-
     p = sub.add_parser(
         "miniworld",
         help="build the offline mini-world (clip-art composites, captions, masks)",
@@ -322,15 +349,16 @@ def _run_data_miniworld(args) -> int:
         train_masks=args.train_masks,
         augment=args.augment,
     )
-    summary = build_miniworld(
-        args.out,
-        config,
-        source=args.source or DEFAULT_SOURCE,
-        vocabulary=args.vocabulary,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    with _output_lock(args.out, args):
+        summary = build_miniworld(
+            args.out,
+            config,
+            source=args.source or DEFAULT_SOURCE,
+            vocabulary=args.vocabulary,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
     print(
         f"mini-world: {summary['images']} images ({summary['nouns']} nouns) in {summary['out']} "
         f"({summary['images_per_s']:.0f} images/s); see {summary['out']}/README.txt"
@@ -358,19 +386,20 @@ def _add_data_prune(data_sub) -> None:
 
 
 def _run_prune(args) -> int:
-    from .data.prune import check_prune_args, prune
+    from .data.prune import check_prune_args, prune, scores_dir
 
-    check_prune_args(args.data, args.keep_fraction, args.batch_size)
-    result = prune(
-        args.data,
-        args.out,
-        load_model_from_args(args),
-        keep_fraction=args.keep_fraction,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        image_size=args.image_size,
-        progress=not args.quiet,
-    )
+    check_prune_args(args.data, args.keep_fraction, args.batch_size, args.image_size, args.workers)
+    with _output_lock(scores_dir(Path(args.out)), args):
+        result = prune(
+            args.data,
+            args.out,
+            load_model_from_args(args),
+            keep_fraction=args.keep_fraction,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            image_size=args.image_size,
+            progress=not args.quiet,
+        )
     print(f"kept {result.kept:,} of {result.scored:,} scored pairs (score ≥ {result.threshold:.4f}); "
           f"{result.skipped:,} unreadable skipped → {result.out}")
     return 0
@@ -399,6 +428,9 @@ def _add_quickstart(sub) -> None:
 def _run_quickstart(args) -> int:
     from .evaluate.miniworld import EMBEDDED_MODEL, SAMPLES_MANIFEST
     from .quickstart import run_quickstart
+
+    _check(0 <= args.tau <= 1, "tau", args.tau, "in [0, 1]")
+    _check(args.images >= 1, "images", args.images, "at least 1")
 
     result = run_quickstart(
         out=args.out,
@@ -503,13 +535,18 @@ def _run_evaluation(args, protocol, required: tuple[str, ...], load_dataset, eva
     if args.print_protocol:
         return 0
     _require(args, *required)
+    _check(args.limit is None or args.limit >= 1, "limit", args.limit, "at least 1")
+    _check(args.workers >= 0, "workers", args.workers, "0 or more")
+    _check(args.figures >= 0, "figures", args.figures, "0 or more")
+    _check(args.window_batch >= 1, "window-batch", args.window_batch, "at least 1")
     dataset = load_dataset()  # a bad dataset fails before any model is loaded
-    model = load_model_from_args(args)
-    result = evaluate(
-        model, dataset, protocol, args.out, method=_method_label(args, model), limit=args.limit,
-        figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers,
-        progress=not args.quiet, **options,
-    )
+    with _output_lock(args.out, args):
+        model = load_model_from_args(args)
+        result = evaluate(
+            model, dataset, protocol, args.out, method=_method_label(args, model), limit=args.limit,
+            figures=args.figures, window_batch=args.window_batch, resume=args.resume, workers=args.workers,
+            progress=not args.quiet, **options,
+        )
     if is_main_process():
         print(markdown(result), end="")
         print(f"results written to {args.out}")
@@ -530,6 +567,8 @@ def _run_eval_seg(args) -> int:
 def _run_eval_caption(args) -> int:
     from .data.layouts import read_records
     from .evaluate.caption import CaptionMaskDataset, caption_markdown, evaluate_captions
+
+    _check(0 <= args.threshold <= 1, "threshold", args.threshold, "in [0, 1]")
 
     return _run_evaluation(
         args, _resolve_protocol(args), ("data", "out"),
@@ -561,8 +600,6 @@ def _add_segment(sub) -> None:
 
 
 def _run_segment(args) -> int:
-    from pathlib import Path
-
     from .images import load_image
     from .segment import Segmenter, segment_figure
 
@@ -572,6 +609,12 @@ def _run_segment(args) -> int:
     protocol = _resolve_protocol(args, extra={k: v for k, v in extra.items() if v is not None})
     if args.print_protocol:
         return 0
+    if args.text is not None and not args.text.strip():
+        raise TTDError("--text is empty; give a caption such as --text 'a cat on a sofa'")
+    _check(args.window_batch >= 1, "window-batch", args.window_batch, "at least 1")
+    for flag in ("out", "heatmaps"):
+        if getattr(args, flag):
+            _check_image_out(flag, getattr(args, flag))
     image = load_image(args.image)
     segmenter = Segmenter(load_model_from_args(args), protocol, window_batch=args.window_batch)
     shown = segment_figure(segmenter, image, classes=args.classes, text=args.text, background=args.background,
@@ -614,12 +657,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 success, 1 a failure while running (disk full, a diverged run), 2 bad input;
+    every error is one line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except (TTDError, FileNotFoundError) as err:
         print(f"ttd {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
+    except OSError as err:  # disk full, read-only, a name the OS refuses: the file and the reason
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ttd {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ttd {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -114,6 +114,9 @@ class TrainConfig:
                 raise TTDError(f"{name} must be positive, got {value}")
         if not 0 <= self.tau <= 1:
             raise TTDError(f"tau must lie in [0, 1], got {self.tau}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise TTDError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise TTDError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         for f in dataclasses.fields(self):

@@ -61,6 +61,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     larger than ``max_pixels`` (decompression bombs).
     """
     path = Path(path)
+    if path.is_dir():
+        raise TTDError(f"{path} is a folder, not an image; give an image file")
     if not path.is_file():
         raise TTDError(f"image not found: {path}")
     return _open_rgb(path, str(path), max_pixels)
@@ -74,7 +76,7 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
 def _open_rgb(source, name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is max_pixels, checked below
             with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:

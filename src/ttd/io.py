@@ -16,7 +16,11 @@ from pathlib import Path
 
 from .errors import TTDError
 
-__all__ = ["asset", "read_named_or_file", "value_type", "coerce", "fingerprint", "weights_version", "atomic_write_bytes", "save_json", "markdown_table", "default_device"]
+__all__ = [
+    "asset", "read_named_or_file", "is_file", "value_type", "coerce", "fingerprint", "inputs_digest", "file_digest",
+    "files_digest", "weights_version", "atomic_write_bytes", "remove_temporaries", "save_json", "markdown_table",
+    "default_device",
+]
 
 
 def asset(*parts: str) -> Path:
@@ -31,7 +35,7 @@ def read_named_or_file(spec: str | os.PathLike, names: Sequence[str], folder: st
     if str(spec) in names:
         return asset(folder, f"{spec}{suffix}").read_text(encoding="utf-8"), f"{label} {spec}"
     path = Path(spec)
-    if not path.is_file():
+    if not is_file(path):
         raise TTDError(f"unknown {what} {str(spec)!r}: choose one of {', '.join(names)} or give {file_kind}")
     return path.read_text(encoding="utf-8"), str(path)
 
@@ -76,6 +80,40 @@ def coerce(value, hint):
     return hint(value)
 
 
+def is_file(path: Path) -> bool:
+    """``path.is_file()`` that says False for names the OS refuses (too long, NUL bytes): a
+    comma list or a class name is often tried as a path first."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def inputs_digest(*parts) -> str:
+    """The key of a resumable cache: a hash of everything that changes its results (data digests,
+    weight fingerprints, settings), so a rerun with other inputs never reuses stale entries."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A hash of a file's bytes (a manifest's content, not its name or line positions)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def files_digest(paths) -> str:
+    """A cheap key of many files (names, sizes, modification times): an evaluation set's images
+    and masks are too many to hash, yet any change to them must miss a resumable state."""
+    stats = []
+    for path in paths:
+        st = os.stat(path)
+        stats.append((str(path), st.st_size, st.st_mtime_ns))
+    return inputs_digest(stats)
+
+
 def fingerprint(tensors) -> str:
     """The one weight fingerprint: a short hash of the tensors' values as float32, the same on
     any device and from any file format (adapters store it for their base weights; the text cache
@@ -98,6 +136,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; outputs honour the umask like open()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -107,6 +146,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_temporaries(folder: str | os.PathLike) -> None:
+    """Delete what :func:`atomic_write_bytes` leaves when its process is killed (``.NAME.XXXX.tmp``);
+    only the holder of the folder's lock may, as no other writer can be mid-write."""
+    for path in Path(folder).rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_json(obj, path: str | os.PathLike) -> Path:
@@ -125,9 +178,21 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU."""
+    """The requested device, else CUDA when present, else CPU; a device this machine lacks is a
+    one-line error here rather than a traceback deep in the first tensor move."""
     import torch
 
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise TTDError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from None
+    available = {
+        "cpu": 1,
+        "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "mps": int(torch.backends.mps.is_available()),
+    }
+    if (dev.index or 0) >= available.get(dev.type, 0):
+        raise TTDError(f"device {str(device)!r} is not available on this machine; use --device cpu (or omit --device)")
+    return dev

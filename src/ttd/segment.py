@@ -394,8 +394,6 @@ def segment_figure(
     """Segment ``image`` by ``classes`` (comma-separated names, or a classes.txt file; a background
     class in front unless ``background`` is False) or by one caption ``text`` (its heatmap above
     ``threshold``, :data:`CAPTION_THRESHOLD` by default), and draw the result."""
-    from pathlib import Path
-
     from .viz import heatmap_grid, overlay, palette, with_legend
 
     if text:
@@ -406,10 +404,7 @@ def segment_figure(
         shares = [(text, 100.0 * result.mask.float().mean().item())]
         used = result.threshold
     else:
-        if Path(classes).is_file():
-            vocabulary = Vocabulary.from_file(classes)
-        else:
-            vocabulary = Vocabulary.from_names(classes, background=background)
+        vocabulary = Vocabulary.from_spec(classes, background=background)
         segmenter.set_vocabulary(vocabulary)
         result = segmenter.predict(image)
         labels, colors = result.labels, palette(len(vocabulary), vocabulary.has_background)

@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoints import latest_checkpoint, load_torch, publish_checkpoint, rng_state, save_torch, seed_everything, set_rng_state, step_dir
+from .checkpoints import complete_checkpoints, load_torch, publish_checkpoint, rng_state, save_torch, seed_everything, set_rng_state, step_dir
 from .config import TrainConfig, config_to_yaml
 from .distributed import Distributed, reduce_gradients
-from .errors import TTDError
+from .errors import TTDError, TTDFailure
 from .io import atomic_write_bytes
 from .method.objectives import ContrastiveObjective, dense_label_objective, ttd_objective
 from .models.dense import DenseCLIP
@@ -93,11 +93,11 @@ class Trainer:
         self.objective = objective
         self.dist = Distributed.setup(config.device)
         self.out = Path(config.out)
-        checkpoint = latest_checkpoint(self.out)
-        if resume and checkpoint is None:
+        checkpoints = complete_checkpoints(self.out)
+        if resume and not checkpoints:
             raise TTDError(f"no checkpoint under {self.out} to resume; drop --resume to start a new run")
-        if not resume and checkpoint is not None:
-            raise TTDError(f"{self.out} already holds a run (checkpoint {checkpoint.name}); pass --resume to continue it or choose another --out")
+        if not resume and checkpoints:
+            raise TTDError(f"{self.out} already holds a run (checkpoint {checkpoints[0].name}); pass --resume to continue it or choose another --out")
         if config.precision == "bf16" and self.dist.device.type != "cuda":
             raise TTDError("bf16 mixed precision runs on CUDA only; use --precision fp32 (or auto) on CPU")
         self.autocast = self.dist.device.type == "cuda" and config.precision in ("auto", "bf16")
@@ -110,9 +110,7 @@ class Trainer:
         self.model = model.to(self.dist.device)
         if config.image_size is None:  # train at the resolution the model was built for
             self.config = config = dataclasses.replace(config, image_size=model.config.image_size)
-        if config.warmup_steps >= config.steps and self.dist.main and not resume:
-            print(f"ttd train: warning: steps ({config.steps}) ≤ warmup_steps ({config.warmup_steps}): the learning rate "
-                  "never reaches its peak; lower --warmup-steps", file=sys.stderr)
+        self.model.config.check_input_size(config.image_size)
         self.model.base_fingerprint = base_fingerprint(self.model)
         if config.finetune == "lora":
             inject_lora(self.model, config.lora_config())
@@ -133,9 +131,9 @@ class Trainer:
         self.step = 0
         self._interval: dict | None = None  # metric sums since the last log
         if resume:  # restores the RNG streams too
-            data_state = self._load_checkpoint(checkpoint)
+            data_state = self._resume(checkpoints)
             if self.dist.main:
-                print(f"ttd train: resuming from step {self.step} ({checkpoint})", file=sys.stderr)
+                print(f"ttd train: resuming from step {self.step}", file=sys.stderr)
         else:
             data_state = None
             seed_everything(config.seed + self.dist.rank)  # per-process streams (dropout)
@@ -171,8 +169,33 @@ class Trainer:
         return groups
 
     # --- checkpoints ---
-    def _load_checkpoint(self, path: Path) -> dict:
+    def _resume(self, checkpoints: list[Path]) -> dict:
+        """Load the newest intact checkpoint (a torn or truncated newer one is passed over, and said so)."""
+        damaged = []
+        for path in checkpoints:
+            try:
+                state, mine = self._read_checkpoint(path)
+            except TTDError as err:
+                damaged.append(f"{path.name}: {err}")
+                continue
+            if damaged and self.dist.main:
+                print(f"ttd train: warning: resuming from {path.name}; passed over the damaged {'; '.join(damaged)}",
+                      file=sys.stderr)
+            return self._load_checkpoint(path, state, mine)
+        raise TTDFailure(f"no intact checkpoint under {self.out} ({damaged[0]}); start again with another --out")
+
+    def _read_checkpoint(self, path: Path) -> tuple[dict, dict]:
+        """Both files of a checkpoint, checked for the entries a resume needs before anything is applied."""
         state = load_torch(path / "trainer.pt")
+        mine = load_torch(path / f"rank{self.dist.rank}.pt")
+        need = (("trainer.pt", state, ("world", "trainable", "optimizer", "scheduler", "step")),
+                (f"rank{self.dist.rank}.pt", mine, ("rng", "data", "log_interval")))
+        for name, entry, keys in need:
+            if not isinstance(entry, dict) or not set(keys) <= set(entry):
+                raise TTDError(f"checkpoint file {path / name} lacks entries a resume needs")
+        return state, mine
+
+    def _load_checkpoint(self, path: Path, state: dict, mine: dict) -> dict:
         if state["world"] != self.dist.world:
             raise TTDError(f"checkpoint {path} was written by {state['world']} process(es); resume with the same number (now {self.dist.world})")
         missing = sorted(set(self.names) ^ set(state["trainable"]))
@@ -182,7 +205,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        mine = load_torch(path / f"rank{self.dist.rank}.pt")
         set_rng_state(mine["rng"])
         self._interval = mine["log_interval"]  # so the first log after resuming averages the same steps
         return mine["data"]
@@ -226,8 +248,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.out / "config.yaml", config_to_yaml(self.config).encode())
         log_path = self.out / "log.jsonl"
-        if log_path.is_file():  # drop entries past the checkpoint a resumed run restarts from
-            kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
+        if log_path.is_file():  # drop entries past the checkpoint a resumed run restarts from, and a torn last line
+            kept = [line for line in log_path.read_text(errors="replace").splitlines() if _log_step(line) <= self.step]
             atomic_write_bytes(log_path, "".join(line + "\n" for line in kept).encode())
         writer = None
         if self.config.tensorboard:
@@ -260,6 +282,9 @@ class Trainer:
 
         cfg, model = self.config, self.model
         target = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        if self.dist.main and cfg.warmup_steps >= cfg.steps and self.step == 0:
+            print(f"ttd train: warning: steps ({cfg.steps}) ≤ warmup_steps ({cfg.warmup_steps}): the learning rate "
+                  "never reaches its peak; lower --warmup-steps", flush=True)
         if self.dist.main:
             print(f"ttd train: {type(self.objective).__name__}, {self.dist.world} process(es) on {self.dist.device}, "
                   f"{sum(p.numel() for p in self.params):,} trainable parameters; {cfg.steps} steps × batch {cfg.batch_size} "
@@ -269,6 +294,7 @@ class Trainer:
         if self._interval is None:
             self._interval = {"sums": torch.zeros(len(names)), "samples": 0.0}
         timed, tick = 0.0, time.perf_counter()  # throughput of this invocation only
+        start, seen = self.step, 0.0  # samples trained on by all processes in this invocation
         last: dict[str, float] = {}
         checkpoint = None
         handlers = {}
@@ -287,8 +313,12 @@ class Trainer:
                         loss, metrics = self.objective(model, dataclasses.replace(batch, images=images))
                     loss.backward()
                     local = torch.tensor([float(loss.detach()), *(float(metrics[k]) for k in self.objective.metrics)])
-                total, stop = reduce_gradients(self.params, float(n), [float(self._stop_requested)], self.dist)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip else None
+                nonfinite = float(not math.isfinite(local[0]))
+                total, stop, nonfinite = reduce_gradients(self.params, float(n), [float(self._stop_requested), nonfinite], self.dist)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or math.inf)
+                if nonfinite or not math.isfinite(grad_norm):
+                    self._diverged()
+                seen += total
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -299,13 +329,18 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     rate = timed / max(time.perf_counter() - tick, 1e-9)
-                    last = self._log(names, grad_norm, rate, log_file, writer, bar)
+                    last = self._log(names, grad_norm if cfg.grad_clip else None, rate, log_file, writer, bar)
                     timed, tick = 0.0, time.perf_counter()
                 if stop:
                     break
                 if self.step % cfg.save_every == 0 and self.step < target:
+                    self._check_seen(start, seen)
                     checkpoint = self.save_checkpoint()
+            self._check_seen(start, seen)
             checkpoint = self.save_checkpoint()
+            skipped = self._skipped()
+            if skipped and self.dist.main:
+                print(f"ttd train: skipped {skipped:,} unreadable sample(s) (see 'skipped' in log.jsonl)", file=sys.stderr)
             adapter = None
             if self.step >= cfg.steps and self.dist.main:
                 adapter = save_adapter(model, self.out / "adapter.safetensors")
@@ -320,6 +355,27 @@ class Trainer:
                 writer.close()
         return TrainResult(self.step, adapter, checkpoint, last, self.step < cfg.steps)
 
+    def _skipped(self) -> int:
+        """Unreadable samples skipped so far, summed over all processes."""
+        skipped = torch.tensor([float(self.loader.skipped)])
+        if self.dist.active:
+            skipped = skipped.to(self.dist.device)
+            dist.all_reduce(skipped)
+        return int(skipped.item())
+
+    def _check_seen(self, start: int, seen: float) -> None:
+        """Steps since ``start`` that saw no sample at all would publish an untrained adapter as a result."""
+        if self.step > start and not seen:
+            raise TTDFailure(f"no readable sample in {self.config.data} ({self._skipped():,} skipped); "
+                             "check the image paths and files it names")
+
+    def _diverged(self) -> None:
+        """Stop before a non-finite update reaches the weights; the checkpoints on disk stay good."""
+        good = complete_checkpoints(self.out)
+        keep = f"the last good checkpoint is {good[0]} (--resume continues from it)" if good else "no checkpoint was written"
+        raise TTDFailure(f"training diverged at step {self.step + 1}: non-finite loss or gradients; "
+                         f"lower --lr or set --grad-clip; {keep}")
+
     def _log(self, names, grad_norm, rate, log_file, writer, bar) -> dict[str, float]:
         """Means over the steps since the last log (all processes), then a fresh interval."""
         reduced, samples = self._interval["sums"].clone(), self._interval["samples"]
@@ -332,13 +388,9 @@ class Trainer:
         entry = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **dict(zip(names, means))}
         if grad_norm is not None:
             entry["grad_norm"] = float(grad_norm)
-        skipped = torch.tensor([float(self.loader.skipped)])
-        if self.dist.active:
-            skipped = skipped.to(self.dist.device)
-            dist.all_reduce(skipped)
-        entry.update(samples_per_s=rate, skipped=int(skipped.item()))
+        entry.update(samples_per_s=rate, skipped=self._skipped())
         if self.dist.main:
-            log_file.write(json.dumps(entry) + "\n")
+            log_file.write(json.dumps(entry, allow_nan=False) + "\n")  # strict JSON: a non-finite value stops the run first
             log_file.flush()
             if writer is not None:
                 for key, value in entry.items():
@@ -346,6 +398,14 @@ class Trainer:
                         writer.add_scalar(f"train/{key}", value, self.step)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", sps=f"{entry['samples_per_s']:.1f}", skipped=entry["skipped"])
         return entry
+
+
+def _log_step(line: str) -> float:
+    """The step of a log line; a torn or foreign line sorts past every checkpoint, so it is dropped."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _in_main_thread() -> bool:

@@ -76,6 +76,20 @@ class Vocabulary:
         return cls.from_lines(text.splitlines(), f"classes/{name}.txt")
 
     @classmethod
+    def from_spec(cls, spec: str, background: bool = True) -> Vocabulary:
+        """``--classes``: a classes.txt file, else comma-separated names. A lone ``*.txt`` that is
+        not a file is a missing file, not a class named after it; a list naming no class is refused."""
+        from .io import is_file
+
+        if is_file(Path(spec)):
+            return cls.from_file(spec)
+        if "," not in spec and spec.strip().lower().endswith(".txt"):
+            raise TTDError(f"class-name file not found: {spec}")
+        if not any(n.strip() for n in spec.split(",")):
+            raise TTDError(f"--classes {spec!r} names no class; give names like 'cat,dog,grass' or a classes.txt file")
+        return cls.from_names(spec, background=background)
+
+    @classmethod
     def from_names(cls, names: Sequence[str] | str, background: bool = False) -> Vocabulary:
         """Plain class names (a list or ``"cat,dog,grass"``), optionally behind a background class."""
         if isinstance(names, str):

@@ -80,21 +80,24 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Man
     if not path.is_file():
         raise TTDError(f"manifest not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TTDError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-            rec = _record(obj, path.parent, where, line_no)
-            if check_files:
-                for name, p in [("image", rec.image), ("caption_mask", rec.caption_mask), *rec.tag_masks.items()]:
-                    if p is not None and not p.is_file():
-                        raise TTDError(f"{where}: {name} file not found: {p}")
-            records.append(rec)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise TTDError(f"manifest {path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TTDError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+        rec = _record(obj, path.parent, where, line_no)
+        if check_files:
+            for name, p in [("image", rec.image), ("caption_mask", rec.caption_mask), *rec.tag_masks.items()]:
+                if p is not None and not p.is_file():
+                    raise TTDError(f"{where}: {name} file not found: {p}")
+        records.append(rec)
     if not records:
         raise TTDError(f"manifest {path} has no records")
     return records

@@ -40,6 +40,7 @@ from PIL import Image
 
 from ..errors import TTDError
 from ..io import asset, atomic_write_bytes, save_json
+from ..locks import LOCK_NAME
 from .manifest import write_manifest
 from .textures import random_texture
 
@@ -703,7 +704,7 @@ def _clear(out: Path, overwrite: bool) -> None:
     ours = (*SPLITS, "seg", "build.json", "README.txt")
     if out.exists() and not out.is_dir():
         raise TTDError(f"--out {out} is a file; choose a folder")
-    present = [p for p in out.iterdir()] if out.is_dir() else []
+    present = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.is_dir() else []
     if not present:
         return
     if not overwrite:

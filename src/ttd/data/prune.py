@@ -3,7 +3,9 @@
 The score of a pair is the cosine of its global image embedding and its caption embedding.
 Scores are saved in chunks (manifest: every ``chunk`` records; shards: one file per shard) in a
 folder beside the output, each written atomically, so an interrupted run picks up where it
-stopped. A manifest gives a new manifest of the kept pairs (original order, ``score`` added); shards
+stopped. The folder is keyed by a digest of the inputs (the manifest's content or the shards'
+names, sizes and times, the model's weights, the scoring resolution): a rerun with other inputs
+rescores instead of reusing stale scores. A manifest gives a new manifest of the kept pairs (original order, ``score`` added); shards
 give a keep-list of sample keys for ``ttd train --keep``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -20,14 +23,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import TTDError
-from ..io import atomic_write_bytes, save_json
+from ..errors import TTDError, TTDFailure
+from ..cache import weights_fingerprint
+from ..io import atomic_write_bytes, file_digest, files_digest, inputs_digest, save_json
 from ..models.dense import DenseCLIP
 from ..models.tokenizer import tokenize
 from .manifest import read_manifest, write_manifest
 from .pairs import PairBatch, check_data, collate_pairs, identity, ManifestPairs, decode_pair, is_manifest, list_shards
 
-__all__ = ["PruneResult", "pair_scores", "check_prune_args", "prune"]
+__all__ = ["PruneResult", "pair_scores", "check_prune_args", "scores_dir", "prune"]
 
 
 @dataclass
@@ -84,7 +88,8 @@ class _ShardBatches(IterableDataset):
             yield index, batch, True
 
 
-def _scores_dir(out: Path) -> Path:
+def scores_dir(out: Path) -> Path:
+    """The folder of saved scores beside the output (``ttd data prune`` locks it while it writes)."""
     return out.with_name(out.name + ".scores")
 
 
@@ -143,13 +148,42 @@ def _score_shards(data: str, folder: Path, model, batch_size: int, workers: int,
     return [{"key": k, "score": s} for p in parts for k, s in zip(p["keys"], p["scores"])], sum(p["skipped"] for p in parts)
 
 
-def check_prune_args(data: str, keep_fraction: float, batch_size: int) -> None:
+def check_prune_args(data: str, keep_fraction: float, batch_size: int, image_size: int = 224, workers: int = 0) -> None:
     """One-line errors for bad arguments, before a model is loaded."""
     if not 0 < keep_fraction <= 1:
         raise TTDError(f"keep fraction must lie in (0, 1], got {keep_fraction}")
-    if batch_size < 1:
-        raise TTDError(f"batch size must be at least 1, got {batch_size}")
+    for name, value, least in (("batch size", batch_size, 1), ("image size", image_size, 8), ("workers", workers, 0)):
+        if value < least:
+            raise TTDError(f"{name} must be at least {least}, got {value}")
     check_data(data)
+
+
+def _scores_key(data: str, model: DenseCLIP, image_size: int, chunk: int) -> str:
+    """The digest of everything a saved score depends on."""
+    if is_manifest(data):
+        source = file_digest(data)
+    else:
+        shards = list_shards(data)  # too large to hash: their names, sizes and times (URLs: their names)
+        source = files_digest(shards) if all(os.path.isfile(url) for url in shards) else shards
+    return inputs_digest("prune", source, weights_fingerprint(model), getattr(model, "name", ""), image_size, chunk)
+
+
+def _open_scores(folder: Path, key: str) -> None:
+    """Keep the saved scores only if they were computed from the same inputs (``key``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / "key.json"
+    try:
+        saved = json.loads(key_file.read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        saved = None
+    stale = [*folder.glob("chunk_*.json"), *folder.glob("shard_*.json")]
+    if saved != key:
+        if stale:
+            print(f"ttd data prune: warning: the scores in {folder} were computed from other data, model or settings; rescoring",
+                  file=sys.stderr)
+        for p in stale:
+            p.unlink()
+        save_json({"key": key}, key_file)
 
 
 def prune(
@@ -166,10 +200,11 @@ def prune(
     """Score every pair of ``data`` with ``model`` and write the top ``keep_fraction`` to ``out``."""
     from tqdm.auto import tqdm
 
-    check_prune_args(data, keep_fraction, batch_size)
+    check_prune_args(data, keep_fraction, batch_size, image_size, workers)
     out = Path(out)
-    folder = _scores_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = scores_dir(out)
+    model.config.check_input_size(image_size)
+    _open_scores(folder, _scores_key(data, model, image_size, chunk))
     model.eval()
     with tqdm(total=0, unit="pair", disable=not progress, dynamic_ncols=True, desc="scoring") as bar:
         if is_manifest(data):
@@ -177,7 +212,7 @@ def prune(
         else:
             scored, skipped = _score_shards(data, folder, model, batch_size, workers, image_size, bar)
     if not scored:
-        raise TTDError(f"no readable pairs in {data}")
+        raise TTDFailure(f"no readable pairs in {data} ({skipped:,} skipped); check the image paths and files it names")
     keep = math.ceil(keep_fraction * len(scored))
     ranked = sorted(range(len(scored)), key=lambda i: -scored[i]["score"])[:keep]
     threshold = scored[ranked[-1]]["score"]

@@ -150,6 +150,21 @@ def _dataset_root(name: str, root: Path, layout: Layout) -> Path:
     return root
 
 
+def _find_images(name: str, image_dir: Path, suffixes: list[str], label_suffix: str) -> tuple[list[Path], list[str]]:
+    """The images under ``image_dir`` whose name ends in a suffix in any letter case (``A.PNG``), and
+    their stems; two images with one stem (``a.jpg`` and ``a.png``) would score one mask twice."""
+    found: dict[str, Path] = {}
+    for path in sorted(image_dir.rglob("*")):
+        suffix = next((s for s in suffixes if path.name.lower().endswith(s.lower())), None)
+        if suffix is None or not path.is_file():
+            continue
+        stem = str(path.relative_to(image_dir))[: -len(suffix)]
+        if stem in found:
+            raise TTDError(f"dataset {name}: {found[stem]} and {path} share the mask {stem}{label_suffix}; keep one of them")
+        found[stem] = path
+    return list(found.values()), list(found)
+
+
 def _list_items(name: str, base: Path, layout: Layout) -> list[tuple[str, Path, Path]]:
     image_dir, label_dir = base / layout.image_dir, base / layout.label_dir
     for needed in (image_dir, label_dir):
@@ -163,8 +178,7 @@ def _list_items(name: str, base: Path, layout: Layout) -> list[tuple[str, Path, 
         stems = [line.strip() for line in split.read_text().splitlines() if line.strip()]
         images = [image_dir / f"{stem}{suffixes[0]}" for stem in stems]
     else:
-        images = sorted(p for s in suffixes for p in image_dir.rglob(f"*{s}") if p.is_file())
-        stems = [str(p.relative_to(image_dir))[: -len(s)] for p in images for s in suffixes if p.name.endswith(s)]
+        images, stems = _find_images(name, image_dir, suffixes, layout.label_suffix)
     items = []
     for stem, image in zip(stems, images):
         label = label_dir / f"{stem}{layout.label_suffix}"

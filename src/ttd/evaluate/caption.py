@@ -33,7 +33,7 @@ from ..data.segmentation import IGNORE_INDEX, read_label
 from ..distributed import Distributed, owns_process_group
 from ..errors import TTDError
 from ..images import load_image
-from ..io import markdown_table
+from ..io import files_digest, inputs_digest, markdown_table
 from ..metrics import ConfusionMatrix, TagCoverage
 from ..protocols import CAPTION_NORMALIZATIONS, Protocol
 from ..segment import Segmenter, normalize_caption_map
@@ -207,7 +207,8 @@ def evaluate_captions(
     segmenter = Segmenter(model, protocol.replace(caption_normalize="none"), window_batch=window_batch)
     metric = CaptionMetrics(threshold)
     key = {"task": "caption", "records": len(dataset), "limit": limit, "threshold": threshold,
-           "protocol": protocol.to_dict()}
+           "protocol": protocol.to_dict(), "captions": inputs_digest([r.caption for r in dataset.records]),
+           "data": files_digest(path for r in dataset.records for path in (r.image, r.caption_mask))}
     checkpoint = open_checkpoint(out_dir, key, model, ctx, resume)
 
     def predict(sample: CaptionSample):

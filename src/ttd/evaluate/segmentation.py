@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..data.segmentation import IGNORE_INDEX, SegmentationDataset
 from ..distributed import Distributed, owns_process_group
-from ..io import markdown_table
+from ..io import files_digest, markdown_table
 from ..metrics import ConfusionMatrix
 from ..protocols import Protocol
 from ..segment import Segmenter
@@ -96,7 +96,8 @@ def evaluate_segmentation(
 
     metric = ConfusionMatrix(len(vocabulary))
     key = {"task": "seg", "dataset": dataset.name, "images": len(dataset), "limit": limit,
-           "protocol": protocol.to_dict()}
+           "protocol": protocol.to_dict(), "classes": dataset.vocabulary.names,
+           "data": files_digest(path for _, *paths in dataset.items for path in paths)}
     checkpoint = open_checkpoint(out_dir, key, model, ctx, resume)
 
     def predict(sample):

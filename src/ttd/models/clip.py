@@ -52,6 +52,14 @@ class CLIPConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check_input_size(self, size: int, flag: str = "--image-size") -> None:
+        """An input smaller than one patch has no patch token: a one-line error, not a shape crash."""
+        from ..errors import TTDError
+
+        if size < self.patch_size:
+            raise TTDError(f"{flag} {size} is smaller than the model's {self.patch_size}-pixel patches; "
+                           f"use at least {self.patch_size} (the model's own size is {self.image_size})")
+
     @classmethod
     def from_file(cls, path) -> CLIPConfig:
         """The fields in a YAML (or JSON) file, e.g. ``ttd pretrain --clip-config``; one-line errors."""

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import TTDError
+from ..errors import TTDError, TTDFailure
 from ..io import fingerprint
 from .clip import Attention
 from .dense import DenseCLIP
@@ -299,9 +299,17 @@ def save_adapter(model: DenseCLIP, path: str | os.PathLike) -> Path:
     weights_path, json_path = _adapter_paths(path)
     meta = _metadata(model)
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    bad = _nonfinite(tensors)
+    if bad:
+        raise TTDFailure(f"refusing to write adapter {weights_path}: {bad} tensor(s) hold NaN or infinity (a diverged run)")
     atomic_write_bytes(weights_path, save(tensors, metadata={"ttd": json.dumps(meta)}))
     save_json({**meta, "tensors": len(tensors)}, json_path)
     return weights_path
+
+
+def _nonfinite(tensors: dict) -> int:
+    """How many tensors hold a NaN or an infinity (an adapter with any is useless and is refused)."""
+    return sum(1 for t in tensors.values() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
 
 
 def read_adapter_metadata(path: str | os.PathLike) -> dict:
@@ -316,8 +324,11 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict:
             raw = (f.metadata() or {}).get("ttd")
     except (SafetensorError, OSError) as err:
         raise TTDError(f"cannot read adapter {weights_path}: {err} (is it a safetensors file?)") from None
-    meta = json.loads(raw) if raw else {}
-    if meta.get("format") != ADAPTER_FORMAT:
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
         raise TTDError(f"{weights_path} is not a ttd adapter (no ttd metadata); write adapters with `ttd train` or save_adapter")
     if meta.get("version", 0) > ADAPTER_VERSION:
         raise TTDError(f"adapter {weights_path} has format version {meta['version']}; upgrade ttd to read it")
@@ -374,6 +385,9 @@ def load_adapter(model: DenseCLIP, path: str | os.PathLike, merge: bool = False)
                 f"adapter {weights_path} does not fit the model: {key} has shape {tuple(tensor.shape)}, "
                 f"the model expects {tuple(expected[key].shape)}"
             )
+    bad = _nonfinite(tensors)
+    if bad:
+        raise TTDError(f"adapter {weights_path} has {bad} tensor(s) with NaN or infinity (its run diverged); retrain it with a lower --lr")
     model.load_state_dict(tensors, strict=False)
     model.finetune = meta["finetune"]
     model.clear_text_cache()

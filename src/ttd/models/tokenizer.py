@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import re
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -45,6 +46,17 @@ def encode(text: str) -> list[int]:
     return list(_encode(text))
 
 
+_CUT_REPORTED = []
+
+
+def _report_cut(text: str, context_length: int) -> None:
+    """Say once per process that texts are cut to the context (CLIP reads no further)."""
+    if not _CUT_REPORTED:
+        _CUT_REPORTED.append(text)
+        print(f"ttd: warning: texts longer than {context_length} tokens are cut to CLIP's context, e.g. "
+              f"{text[:60]!r}…; shorten them to keep their end", file=sys.stderr)
+
+
 def tokenize(
     texts: str | Sequence[str],
     context_length: int = CONTEXT_LENGTH,
@@ -58,6 +70,9 @@ def tokenize(
     if isinstance(texts, str):
         texts = [texts]
     rows = [[SOT, *_encode(t)[: context_length - 2], EOT] for t in texts]
+    cut = [t for t in texts if len(_encode(t)) > context_length - 2]
+    if cut:
+        _report_cut(cut[0], context_length)
     width = context_length if pad_to_context else max((len(r) for r in rows), default=2)
     out = torch.zeros(len(rows), width, dtype=torch.long)
     for i, row in enumerate(rows):

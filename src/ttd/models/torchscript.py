@@ -179,15 +179,17 @@ def read_torchscript_weights(path: str | Path, archive: zipfile.ZipFile) -> dict
         raise TTDError(f"{path} was saved on a {byteorder}-endian machine: re-save it on a {sys.byteorder}-endian one")
     try:
         top = _ArchiveUnpickler(archive.read(f"{root}/data.pkl"), archive, root).load()
+        weights: dict[str, torch.Tensor] = {}
+        if isinstance(top, _ScriptObject):
+            _collect(top, "", _declared_weights(archive, root), weights, set())
     except _RefusedGlobal as err:
         raise TTDError(
             f"refusing to load {path}: its data.pkl calls {err}, which is not a tensor or module "
             "record (ttd never runs code from a weights file); export a plain state dict instead"
         ) from None
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile) as err:
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile,
+            TypeError, AttributeError, IndexError) as err:  # a malformed archive fails in any of these
         raise TTDError(f"cannot read {path}: the archive is corrupt or truncated ({err}); download it again") from None
     if not isinstance(top, _ScriptObject):
         raise TTDError(f"{path} is a TorchScript archive without a module: it holds no CLIP weights")
-    weights: dict[str, torch.Tensor] = {}
-    _collect(top, "", _declared_weights(archive, root), weights, set())
     return weights

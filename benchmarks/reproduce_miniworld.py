@@ -208,19 +208,21 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
-def bias_cells(e: dict) -> list[str]:
-    b, c = e["caption"]["bias"], e["caption"]["caption_class"]
+def bias_cells(e: dict, normalize: str | None = None) -> list[str]:
+    figures = e["caption"]["normalizations"][normalize] if normalize else e["caption"]
+    b, c = figures["bias"], figures["caption_class"]
     return [_f(b.get("best_coverage")), _f(b.get("other_coverage")), _f(b.get("ratio")), _f(b.get("contrast")),
-            _f(b.get("background_on")), _f(c["FNR"]), f"{e['caption']['CaptionIoU']:.1f}"]
+            _f(b.get("background_on")), _f(c["FNR"]), f"{figures['CaptionIoU']:.1f}"]
 
 
 BIAS_HEADERS = ["best-tag cov.", "other-tag cov.", "other / best", "contrast", "background on", "caption FNR", "CaptionIoU"]
 
 
-def main_row(label: str, e: dict) -> list[str]:
+def main_row(label: str, e: dict, normalize: str | None = None) -> list[str]:
     t = e["tags"]["pixel"]
-    return [label, _pct(t["precision"]), _pct(t["recall"]), _pct(t["f1"]), *bias_cells(e),
-            _f(e["caption"]["mFNR"]), f"{e['seg']['mIoU']:.1f}"]
+    mfnr = (e["caption"]["normalizations"][normalize] if normalize else e["caption"])["mFNR"]
+    return [label, _pct(t["precision"]), _pct(t["recall"]), _pct(t["f1"]), *bias_cells(e, normalize),
+            _f(mfnr), f"{e['seg']['mIoU']:.1f}"]
 
 
 MAIN_HEADERS = ["model", "tag P", "tag R", "tag F1", *BIAS_HEADERS, "caption mFNR", "mIoU"]
@@ -280,7 +282,10 @@ def report(bases, ev: dict, trained: dict, args, command: str, wall: float) -> s
         for split in ("val", "test"):
             before, after = ev.get(f"{b}/base/{split}"), ev.get(f"{b}/ttd/{split}")
             if before and after:
-                lines += [f"`{split}` split:", "", markdown_table(MAIN_HEADERS, [main_row("base", before), main_row("+ TTD", after)])]
+                rows = [main_row("base", before), main_row("+ TTD", after),
+                        main_row("base, min-max map", before, "minmax"), main_row("+ TTD, min-max map", after, "minmax")]
+                lines += [f"`{split}` split (the min-max rows threshold each caption map after normalising it per image):", "",
+                          markdown_table(MAIN_HEADERS, rows)]
                 lines += [markdown_table(["goal (issue 10)", "measured", ""], goals(base.kind, before, after))]
         lines.append("")
     runs = [[k, v["steps"], f"{v['seconds']:.0f}", _f(v.get("calibration_w"), 2), _f(v.get("calibration_b"), 2)]

@@ -21,7 +21,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_choices_come_from_the_embedded_registry():
-    assert "miniworld" in embedded_models()
+    assert embedded_models()[:2] == ["miniworld", "miniworld-clip"]
     adapters = embedded_adapters("miniworld")
     assert ADAPTER in adapters and adapters[ADAPTER].is_file()
     assert embedded_adapters("ViT-B-16/openai") == {}  # shipped adapters belong to their base only
@@ -30,22 +30,23 @@ def test_choices_come_from_the_embedded_registry():
 
 
 def test_a_sample_before_and_after_ttd():
-    sample = embedded_samples()[1]
+    sample = embedded_samples()[0]  # "one weird bear and one odd owl around an odd guitar and that house, …"
     result = analyse(sample.image, sample.caption, adapter=embedded_adapters("miniworld")[ADAPTER])
     assert result.stages == ["without TTD", "with TTD"]
     assert result.words == candidate_tags(sample.caption)
     assert result.headers() == ["tag", "score without TTD", "selected without TTD", "score with TTD", "selected with TTD"]
     rows = {row[0]: row for row in result.table()}
-    assert rows["pig"][2] == rows["pig"][4] == "yes"  # depicted: selected by both
+    assert rows["bear"][2] == rows["bear"][4] == "yes"  # depicted: selected by both
+    assert rows["weird"][2] == rows["weird"][4] == ""  # names nothing: selected by neither
     assert all(0.0 <= row[1] <= 1.0 for row in rows.values())
-    assert "selected with TTD: **" in result.summary() and "pig" in result.summary()
+    assert "selected with TTD: **" in result.summary() and "bear" in result.summary()
     for figure in (result.chart, result.caption_heatmaps, result.tag_heatmaps, result.overlay):
         assert isinstance(figure, Image.Image) and figure.width >= 384
 
 
 def test_class_names_alone_segment_without_tags():
-    sample = embedded_samples()[1]
-    result = analyse(sample.image, "", "pig, strawberry")
+    sample = embedded_samples()[0]
+    result = analyse(sample.image, "", "bear, owl")
     assert result.stages == ["without TTD"] and result.words == [] and result.table() == []
     assert result.chart is None and result.caption_heatmaps is None
     assert result.overlay.width >= 384 and "class names" in result.summary()

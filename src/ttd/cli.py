@@ -409,12 +409,12 @@ def _add_quickstart(sub) -> None:
     p = sub.add_parser(
         "quickstart",
         help="single tag bias and TTD's fix on a few mini-world images, offline: a Markdown report and a PNG figure",
-        description="Runs an embedded mini-world CLIP (default: the MaskCLIP-like miniworld-clip) with and without its "
+        description="Runs an embedded mini-world CLIP (default: the TCL-like miniworld) with and without its "
         "TTD adapter on committed sample images: caption heatmaps and per-object coverage before/after, selected "
         "tags, tag and caption figures.",
     )
     p.add_argument("--out", default="ttd-quickstart", help="output folder (default ttd-quickstart/)")
-    p.add_argument("--model", default=None, help="CLIP weights (default: the embedded 'miniworld-clip')")
+    p.add_argument("--model", default=None, help="CLIP weights (default: the embedded 'miniworld'; 'miniworld-clip' is the MaskCLIP-like one)")
     p.add_argument("--adapter", default=None, help="TTD adapter (default: the one shipped for an embedded --model)")
     p.add_argument("--dense", default=None, help="dense variant the adapter was trained for (default: the embedded model's)")
     p.add_argument("--samples", default=None, help="manifest with tags and caption masks (default: the embedded samples)")

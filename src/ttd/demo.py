@@ -130,7 +130,7 @@ def analyse(
     image: str | os.PathLike,
     caption: str = "",
     classes: str = "",
-    model: str = "miniworld-clip",
+    model: str = "miniworld",
     dense: str | None = None,
     adapter: str | os.PathLike | None = None,
     threshold: float = 0.5,

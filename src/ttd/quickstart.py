@@ -1,8 +1,9 @@
 """``ttd quickstart``: single tag bias and TTD's fix, on a few mini-world images, offline.
 
-The embedded default is ``miniworld-clip``, the mini CLIP pretrained on the mini-world with plain
-InfoNCE (MaskCLIP-like: its caption maps show single tag bias), with its dense readout and its
-committed TTD adapter; both go through the normal loaders. For the first few committed samples
+The embedded default is ``miniworld``, the TCL-like mini CLIP pretrained on the mini-world, with
+its dense readout and its committed TTD adapter (``--model miniworld-clip``: the MaskCLIP-like one,
+plain InfoNCE); both go through the normal loaders. The committed samples are held-out test images
+(clip art no embedded model was trained on), where its caption maps show single tag bias. For the first few committed samples
 whose caption names at least two depicted objects (a fixed rule, no hand-picking) it shows the
 caption's heatmap before and after TTD, how much of each depicted object the caption map covers,
 and which caption words pixel scoring (Eq. 2) selects; then it scores all committed samples with
@@ -103,11 +104,11 @@ def _figure(picked, heatmaps: dict, targets, rows: list[dict]) -> Image.Image:
         grid = heatmap_grid(load_image(record.image), maps, ["caption mask", "caption heatmap, before TTD", "after TTD"],
                             columns=4, cell=CELL)
         r = rows[i]
-        coverage = ", ".join(f"{w} {100 * r['coverage_before'][w]:.0f} → {100 * r['coverage_after'][w]:.0f} %"
+        coverage = ", ".join(f"{w} {100 * r['coverage_before'][w]:.0f} % -> {100 * r['coverage_after'][w]:.0f} %"
                              for w in r["coverage_before"])
         lines = [
             f"\"{record.caption}\"",
-            f"covered by the caption map (before → after TTD): {coverage or '-'}",
+            f"covered by the caption map (before -> after TTD): {coverage or '-'}",
             f"selected before TTD: {', '.join(r['selected_before']) or '-'}   (object IoU {r['caption_iou_before']:.0f})",
             f"selected after TTD:  {', '.join(r['selected_after']) or '-'}   (object IoU {r['caption_iou_after']:.0f})",
         ]

@@ -86,13 +86,13 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", quick_gelu=False, vision_heads=16, text_heads=16
     ),
     # the small CLIPs pretrained on the mini-world (docs/pretraining.md), embedded: they work offline
-    "miniworld-clip": WeightSpec(
-        "", quick_gelu=False, packaged="miniworld/clip_infonce.safetensors", adapter="miniworld/ttd_adapter_infonce.safetensors",
-        kind="maskclip-like", dense="clip", protocol="miniworld",
-    ),
     "miniworld": WeightSpec(
         "", quick_gelu=False, packaged="miniworld/clip.safetensors", adapter="miniworld/ttd_adapter.safetensors",
         kind="tcl-like", dense="maskclip", protocol="miniworld",
+    ),
+    "miniworld-clip": WeightSpec(
+        "", quick_gelu=False, packaged="miniworld/clip_infonce.safetensors", adapter="miniworld/ttd_adapter_infonce.safetensors",
+        kind="maskclip-like", dense="clip", protocol="miniworld",
     ),
 }
 

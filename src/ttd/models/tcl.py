@@ -44,6 +44,7 @@ from .weights import (
     _check_architecture,
     _corrupt,
     _first_line,
+    _key_problems,
     _listing,
     _read_safetensors,
     load_weights,
@@ -393,19 +394,7 @@ def load_tcl(
 
 def _check_masker(masker: Masker, state: dict[str, torch.Tensor], path: Path) -> None:
     """Every masker key present and shaped as the CLIP towers imply, named in TCL's terms."""
-    expected = {k: v.shape for k, v in masker.state_dict().items()}
-    missing = [_tcl_name(k) for k in expected if k not in state]
-    unexpected = [_tcl_name(k) for k in state if k not in expected]
-    shapes = [
-        f"{_tcl_name(k)} is {tuple(state[k].shape)} not {tuple(s)}"
-        for k, s in expected.items()
-        if k in state and state[k].shape != s
-    ]
-    problems = [
-        f"{label} {_listing(keys)}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shapes differ:", shapes))
-        if keys
-    ]
+    problems = _key_problems(state, {k: v.shape for k, v in masker.state_dict().items()}, _tcl_name)
     if problems:
         raise TTDError(f"{path} does not match TCL's masker: {'; '.join(problems)}")
 

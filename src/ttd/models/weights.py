@@ -505,20 +505,24 @@ def _check_architecture(state_dict: dict[str, torch.Tensor], config: CLIPConfig,
     """Refuse, naming the first differences, any state dict that ``CLIP(config)`` would not load."""
     with torch.device("meta"):
         expected = {k: v.shape for k, v in CLIP(config).state_dict().items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    problems = _key_problems(state_dict, expected)
+    if problems:
+        raise TTDError(f"{source} does not match a ViT CLIP of its own shapes: {'; '.join(problems)}")
+
+
+def _key_problems(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], name=str) -> list[str]:
+    """Missing, unexpected and mis-shaped keys of ``state`` against ``expected`` shapes, each kind
+    one phrase listing its first keys (``name`` shows a key as the file's own format calls it)."""
+    missing = [name(k) for k in expected if k not in state]
+    unexpected = [name(k) for k in state if k not in expected]
     shapes = [
-        f"{k} is {tuple(state_dict[k].shape)} not {tuple(s)}"
-        for k, s in expected.items()
-        if k in state_dict and state_dict[k].shape != s
+        f"{name(k)} is {tuple(state[k].shape)} not {tuple(s)}" for k, s in expected.items() if k in state and state[k].shape != s
     ]
-    problems = [
+    return [
         f"{label} {_listing(keys)}"
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shapes differ:", shapes))
         if keys
     ]
-    if problems:
-        raise TTDError(f"{source} does not match a ViT CLIP of its own shapes: {'; '.join(problems)}")
 
 
 def _listing(items: list[str], first: int = 3) -> str:

@@ -95,3 +95,40 @@ def test_reduce_without_process_group_is_identity():
     cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
     before = cm.matrix.clone()
     assert torch.equal(cm.reduce().matrix, before)
+
+
+def test_tag_coverage_on_hand_made_maps():
+    from ttd.metrics import TagCoverage
+
+    heat = torch.tensor([[0.9, 0.9, 0.1, 0.1],
+                         [0.9, 0.9, 0.5, 0.3],
+                         [0.2, 0.2, 0.2, 0.2],
+                         [0.0, 0.0, 0.0, 0.0]])  # fmt: skip
+    cat = torch.zeros(4, 4, dtype=torch.bool)
+    cat[:2, :2] = True  # fully lit
+    dog = torch.zeros(4, 4, dtype=torch.bool)
+    dog[:2, 2:] = True  # one pixel of four above 0.4
+    background = ~(cat | dog)
+    metric = TagCoverage()
+    metric.update(heat, heat > 0.4, [cat, dog], background)
+    metric.update(heat, heat > 0.4, [cat], background)  # one depicted tag: no bias to measure, skipped
+    out = metric.compute()
+    assert out["captions"] == 1
+    assert out["best_coverage"] == pytest.approx(1.0) and out["other_coverage"] == pytest.approx(0.25)
+    assert out["ratio"] == pytest.approx(0.25)
+    best, other, bg = 0.9, (0.1 + 0.1 + 0.5 + 0.3) / 4, 0.8 / 8
+    assert out["contrast"] == pytest.approx((other - bg) / (best - bg))
+    assert out["background_on"] == 0.0
+    restored = TagCoverage()
+    restored.load_state(metric.state())  # what evaluation checkpoints save and resume from
+    assert restored.compute() == out
+
+
+def test_caption_maps_are_thresholded_raw_and_min_max_normalised():
+    from ttd.segment import normalize_caption_map
+
+    heat = torch.tensor([[0.2, 0.3], [0.25, 0.35]])
+    assert torch.equal(normalize_caption_map(heat, "none"), heat)
+    scaled = normalize_caption_map(heat, "minmax")
+    assert scaled.min().item() == pytest.approx(0.0) and scaled.max().item() == pytest.approx(1.0, abs=1e-5)
+    assert (scaled > 0.4).sum() == 2 and (heat > 0.4).sum() == 0  # a dim map still segments once normalised

@@ -27,6 +27,7 @@ from .errors import TTDError
 from .evaluate.miniworld import EMBEDDED_MODEL, SAMPLES_MANIFEST, miniworld_protocol
 from .io import atomic_write_bytes, markdown_table, save_json
 from .method.tags import TagSelection, TagSelector, clean_word
+from .protocols import CAPTION_THRESHOLD
 
 __all__ = ["QuickstartResult", "pick_samples", "run_quickstart"]
 
@@ -188,7 +189,7 @@ def run_quickstart(
     dense: str | None = None,
     device: str | None = None,
     tau: float = 0.5,
-    caption_threshold: float = 0.40,
+    caption_threshold: float = CAPTION_THRESHOLD,
     progress: bool = False,
 ) -> QuickstartResult:
     """Before / after TTD on ``images`` sample images (figure) and on every sample (figures).

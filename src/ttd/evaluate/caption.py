@@ -35,7 +35,7 @@ from ..errors import TTDError
 from ..images import load_image
 from ..io import files_digest, inputs_digest, markdown_table
 from ..metrics import ConfusionMatrix, TagCoverage
-from ..protocols import CAPTION_NORMALIZATIONS, Protocol
+from ..protocols import CAPTION_NORMALIZATIONS, CAPTION_THRESHOLD, Protocol
 from ..segment import Segmenter, normalize_caption_map
 from ..viz import overlay, panels, with_legend
 from .runtime import evaluation_loop, open_checkpoint, write_result
@@ -188,7 +188,7 @@ def evaluate_captions(
     protocol: Protocol,
     out_dir: str | os.PathLike | None = None,
     *,
-    threshold: float = 0.40,
+    threshold: float = CAPTION_THRESHOLD,
     method: str = "model",
     limit: int | None = None,
     figures: int = 4,

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from .errors import TTDError
 
+if typing.TYPE_CHECKING:  # torch is imported where it is used: `ttd --help` stays fast
+    import torch
+
 __all__ = [
     "asset", "read_named_or_file", "is_file", "value_type", "coerce", "fingerprint", "inputs_digest", "file_digest",
     "files_digest", "weights_version", "atomic_write_bytes", "remove_temporaries", "save_json", "markdown_table",

@@ -356,14 +356,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = "PYTHONPATH=src python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
-    kinds = {"miniworld-clip": ("maskclip-like", "maskclip"), "miniworld": ("tcl-like", "maskclip")}
+    from ttd.models.weights import embedded_models
+
+    registry = embedded_models()  # each embedded base's kind and dense readout
     if args.pretrain:
         build_worlds(args)
-    given = dict(parse_base(b) for b in args.base) or {name: "" for name in kinds}
+    given = dict(parse_base(b) for b in args.base) or {name: "" for name in registry}
     if args.pretrain:
         given = {name: weights or pretrain_base(name, args) for name, weights in given.items()}
     readouts = dict(parse_base(b) for b in args.chosen if b.startswith("readout:"))
-    bases = [Base(n, kinds[n][0], readouts.get(f"readout:{n}", kinds[n][1]), w) for n, w in given.items()]
+    bases = [Base(n, registry[n].kind, readouts.get(f"readout:{n}", registry[n].dense), w) for n, w in given.items()]
     CHOSEN.update(dict(parse_base(c) for c in args.chosen if not c.startswith("readout:")))
     tuning = [r for r in TUNING if not args.tuning or r.name in args.tuning.split(",")]
     start = time.perf_counter()

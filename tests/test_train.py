@@ -383,3 +383,20 @@ def test_defaults_follow_the_model_and_say_what_they_do(tmp_path, capsys):
           progress=False, resume=True)
     assert "resuming from step 2" in capsys.readouterr().err
     assert 1 <= TrainConfig().workers <= 4
+
+
+@pytest.mark.parametrize("asked, local_rank, world, expected", [
+    ("cuda", "0", "1", torch.device("cuda", 3)),  # a bare "cuda" is the current GPU: set_device refuses it
+    (None, "0", "1", torch.device("cuda", 3)),
+    ("cuda:1", "0", "1", torch.device("cuda", 1)),
+    (None, "2", "4", torch.device("cuda", 2)),  # torchrun: one GPU per local rank
+])
+def test_process_device_names_a_gpu_index(monkeypatch, asked, local_rank, world, expected):
+    from ttd.distributed import process_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    assert process_device(asked) == expected

@@ -37,7 +37,10 @@ def process_device(device: str | None = None) -> torch.device:
     """The device asked for; under torchrun on CUDA, ``cuda:LOCAL_RANK`` (one GPU per process)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device in (None, "cuda") and torch.cuda.is_available():
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    return default_device(device)
+    device = default_device(device)
+    if device.type == "cuda" and device.index is None:  # torch.cuda.set_device refuses a bare "cuda"
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 @dataclass

@@ -440,7 +440,7 @@ class TagSelector:
         if needs_caption:
             inputs.caption_emb = embedded[torch.tensor([row_of[c] for c in captions], device=embedded.device)]
         scores = {name: TAG_SCORERS[name](inputs).cpu() for name in scorings}
-        return TagScores(words=tags.words, valid=valid, scores=scores)
+        return TagScores(words=tags.words, valid=valid.cpu(), scores=scores)  # all on the CPU, like the words
 
     def select_batch(self, images, captions: Sequence[str], batch_size: int = 32) -> list[list[TagScore]]:
         """:meth:`select` for many image-caption pairs, ``batch_size`` pairs per model call."""

@@ -135,14 +135,18 @@ def test_unknown_variant_lists_known_ones():
         dense_variant("segclip")
 
 
-def test_average_pooled_global_embedding_is_the_mean_of_the_raw_patch_readout(tiny_model):
-    model = tiny_model("clip", pool="avg")
+@pytest.mark.parametrize("pool, reduce", [("avg", lambda p: p.mean(dim=1)), ("max", lambda p: p.amax(dim=1))])
+def test_patch_pooled_global_embedding_pools_the_raw_patch_readout(tiny_model, pool, reduce):
+    model = tiny_model("clip", pool=pool)
     images = torch.randn(2, 3, 32, 32)
     visual = model.clip.visual
     x, _ = visual.trunk(images)
     patches = visual.project(visual.last_block(x)[:, 1:])  # the raw readout, before normalisation
     global_emb, dense = model.encode_image(images)
-    assert torch.allclose(global_emb, torch.nn.functional.normalize(patches.mean(dim=1), dim=-1), atol=1e-6)
+    assert torch.allclose(global_emb, torch.nn.functional.normalize(reduce(patches), dim=-1), atol=1e-6)
     assert torch.allclose(model.clip.encode_image(images, normalize=True), global_emb, atol=1e-6)
-    with pytest.raises(ValueError, match="unknown pool 'max'"):
-        tiny_model(pool="max")
+
+
+def test_unknown_pool_lists_known_ones(tiny_model):
+    with pytest.raises(ValueError, match="unknown pool 'attn'; choose one of: cls, avg, max"):
+        tiny_model(pool="attn")

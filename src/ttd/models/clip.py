@@ -20,7 +20,7 @@ from torch import nn
 __all__ = ["CLIPConfig", "CLIP", "config_from_state_dict"]
 
 
-POOLS = ("cls", "avg")
+POOLS = ("cls", "avg", "max")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class CLIPConfig:
     text_layers: int = 12
     text_heads: int = 8
     quick_gelu: bool = True
-    pool: str = "cls"  # global image embedding: "cls" (OpenAI) or "avg" (mean of the patch tokens)
+    pool: str = "cls"  # global image embedding: "cls" (OpenAI), "avg" or "max" (over the projected patch tokens)
 
     def __post_init__(self):
         if self.pool not in POOLS:
@@ -203,12 +203,16 @@ class VisionTransformer(nn.Module):
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
         """Last-block output tokens (B, 1 + h·w, width) → the global embedding (B, embed_dim).
 
-        ``avg`` pools the projected patch tokens (open_clip's ``pool_type="avg"``): the global
-        embedding is then the mean of the raw per-patch readout, which localises without any
-        dense supervision.
+        ``avg`` and ``max`` pool the projected patch tokens, so the global embedding is built from
+        the raw per-patch readout itself: ``avg`` its mean (open_clip's ``pool_type="avg"``),
+        ``max`` its per-channel maximum (CLIPpy's choice). Under ``max`` each channel's gradient
+        reaches only the patch holding its maximum, so InfoNCE alone pushes each patch towards
+        the words of what it shows, where ``avg`` lets every patch carry the whole image.
         """
         if self.pool == "avg":
             return self.project(tokens[:, 1:]).mean(dim=1)
+        if self.pool == "max":
+            return self.project(tokens[:, 1:]).amax(dim=1)
         return self.project(tokens[:, 0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

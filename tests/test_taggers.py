@@ -233,3 +233,33 @@ def test_llm_tagger_bad_settings(kwargs, message, monkeypatch):
     with pytest.raises(TTDError) as err:
         LLMTagger(**kwargs)
     assert str(err.value) == message
+
+
+class _FixedTagger:
+    name, label = "fixed", "fixed picks"
+
+    def __init__(self, picks: dict[str, list[str]]):
+        self.picks, self.calls = picks, []
+
+    def tag_batch(self, captions):
+        self.calls.append(list(captions))
+        return [self.picks[c] for c in captions]
+
+
+def test_a_tagger_as_tag_source_scores_its_picks_one_and_tags_each_caption_once():
+    import torch
+
+    from ttd.method.tags import SelectionInputs, TagSelection, batch_tags, candidate_tags
+    from ttd.taggers import tagger_scorer
+
+    captions = ["a dog and a cat", "a red ball", "a dog and a cat"]
+    tagger = _FixedTagger({"a dog and a cat": ["dog", "cat"], "a red ball": ["ball"]})
+    score = tagger_scorer(tagger)
+    tags = batch_tags(captions, candidate_tags)
+    inputs = SelectionInputs(captions, tags, None, torch.zeros(3, tags.valid.shape[1], 4), None, "softmax")
+    scores = score(inputs)
+    picked = TagSelection().decide(scores, tags.valid)
+    assert [[w for w, s in zip(words, row) if s] for words, row in zip(tags.words, picked.tolist())] == [
+        ["dog", "cat"], ["ball"], ["dog", "cat"]]
+    score(inputs)
+    assert tagger.calls == [["a dog and a cat", "a red ball"]]  # cached per caption

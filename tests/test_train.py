@@ -203,6 +203,17 @@ def test_objective_runs_with_either_scorer_and_empty_captions(scorer):
     assert torch.isfinite(loss) and metrics["candidates"].item() == 1.5
 
 
+def test_noun_tagger_as_tag_source_selects_exactly_the_nouns():
+    pytest.importorskip("spacy")
+    from ttd.method.objectives import ttd_objective
+
+    objective = ttd_objective(TrainConfig(data="unused", scorer="nouns"))
+    batch = next(iter(_batch_of(["a dog and a cat on grass", "a red ball"])))
+    loss, metrics = objective(tiny_model(), batch)
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["selected"].item() == 2.0  # dog, cat, grass | ball
+
+
 def _batch_of(captions):
     from ttd.data.pairs import PairBatch
 

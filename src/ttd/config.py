@@ -64,7 +64,7 @@ class TrainConfig:
     device: str | None = _opt(None, "cpu, cuda … (default: cuda when present; torchrun: cuda:LOCAL_RANK)")
     # TTD (METHOD §4-§5)
     teacher: str = _opt("online", "who selects the tags: online (the current model) or frozen (the model before training)", ("online", "frozen"))
-    scorer: str = _opt("pixel", "tag scorer of the selection: pixel (Eq. 2), image (Eq. 1), text (Eq. 7), image-text or a registered one")
+    scorer: str = _opt("pixel", "tag scorer of the selection: pixel (Eq. 2), image (Eq. 1), text (Eq. 7), image-text, nouns (a POS tagger: ttd[nlp]) or a registered one")
     tau: float = _opt(0.5, "selection threshold τ on the tag scores")
     normalize: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))
     keep_argmax: bool = _opt(False, "always select each caption's best-scoring tag")

@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from .errors import TTDError
-from .method.tags import candidate_tags, clean_word
+from .method.tags import SelectionInputs, candidate_tags, clean_word
 
-__all__ = ["Tagger", "NounTagger", "LLMTagger", "TAGGERS", "create_tagger"]
+__all__ = ["Tagger", "NounTagger", "LLMTagger", "TAGGERS", "create_tagger", "tagger_scorer"]
 
 
 class Tagger(Protocol):
@@ -259,3 +259,23 @@ def create_tagger(name: str, **options) -> Tagger:
     if name == "llm":
         return LLMTagger(**options)
     raise TTDError(f"unknown tagger {name!r}; choose from {', '.join(TAGGERS)}")
+
+
+def tagger_scorer(tagger: Tagger):
+    """A caption-only tagger as a TTD tag source (``register_tag_scorer``): score 1 for the words
+    it picks, 0 for the others, so τ selects exactly its picks (the paper's "NLTK" row of
+    Table 5). Each distinct caption is tagged once per run."""
+    import torch
+
+    picked: dict[str, set[str]] = {}
+
+    def score(inputs: SelectionInputs) -> torch.Tensor:
+        missing = [c for c in dict.fromkeys(inputs.captions) if c not in picked]
+        if missing:
+            picked.update(zip(missing, map(set, tagger.tag_batch(missing))))
+        scores = torch.zeros(inputs.tags.valid.shape)
+        for b, (caption, words) in enumerate(zip(inputs.captions, inputs.tags.words)):
+            scores[b, : len(words)] = torch.tensor([float(w in picked[caption]) for w in words])
+        return scores.to(inputs.tag_emb.device)
+
+    return score

@@ -28,7 +28,14 @@ from ..models.dense import DenseCLIP
 from ..models.lora import adapters_disabled
 from ..models.tokenizer import tokenize
 from .distill import DISTANCES, TAG_AVERAGES, ttd_loss
-from .tags import TAG_SCORERS, SelectionInputs, TagSelection, batch_tags, candidate_tags
+from .tags import (
+    TAG_SCORERS,
+    SelectionInputs,
+    TagSelection,
+    batch_tags,
+    candidate_tags,
+    register_tag_scorer,
+)
 
 if TYPE_CHECKING:  # the configuration is built above the method; only its type is named here
     from ..config import TrainConfig
@@ -254,7 +261,12 @@ class DenseLabelObjective:
 
 # --- construction from a training configuration ---------------------------------------------
 def ttd_objective(config: TrainConfig) -> TTDObjective:
-    """The TTD objective with the settings of ``config``."""
+    """The TTD objective with the settings of ``config``; ``scorer: nouns`` takes the tags from a
+    part-of-speech noun tagger (:mod:`ttd.taggers`) instead of the model."""
+    if config.scorer == "nouns" and "nouns" not in TAG_SCORERS:
+        from ..taggers import create_tagger, tagger_scorer
+
+        register_tag_scorer("nouns", tagger_scorer(create_tagger("nouns")))
     return TTDObjective(
         config.selection(),
         distance=config.distance,

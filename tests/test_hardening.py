@@ -144,6 +144,9 @@ def test_bad_inputs_give_one_line_and_the_right_exit_code(world, tmp_path):
     Image.new("L", (8, 8)).save(dup / "masks" / "x.png")
     cases = [
         dict(argv=[*seg, "--classes", many], rc=0, why="long comma list"),
+        dict(argv=["data", "miniworld", "--out", str(tmp_path / "w"), "--size", "x"], rc=2, why="usage error",
+             says="invalid int value: 'x' (see ttd data miniworld --help)"),
+        dict(argv=["train", "--bogus"], rc=2, why="unknown flag", says="unrecognized arguments: --bogus"),
         dict(argv=[*seg, "--classes", ""], rc=2, why="empty classes", says="names no class"),
         dict(argv=[*seg, "--classes", ","], rc=2, why="only a comma", says="names no class"),
         dict(argv=[*seg, "--text", ""], rc=2, why="empty text", says="--text is empty"),

@@ -648,8 +648,16 @@ def _run_demo(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, like every other error of ``ttd`` (the usage
+    block it prints by default buries the message); subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ttd", description="Text-Tag Self-Distillation for CLIP dense models")
+    parser = _Parser(prog="ttd", description="Text-Tag Self-Distillation for CLIP dense models")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_tags, _add_segment, _add_eval, _add_train, _add_pretrain, _add_data, _add_quickstart, _add_demo):
         add(sub)

@@ -411,3 +411,26 @@ def test_process_device_names_a_gpu_index(monkeypatch, asked, local_rank, world,
     monkeypatch.setenv("LOCAL_RANK", local_rank)
     monkeypatch.setenv("WORLD_SIZE", world)
     assert process_device(asked) == expected
+
+
+def test_api_training_refuses_a_folder_another_live_process_writes(tmp_path):
+    import socket
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".ttd.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "command": "train"}))
+    config = load_config(data=str(write_manifest(tmp_path / "pairs", make_pairs(4))), out=str(out), steps=1, batch_size=2,
+                         image_size=32, workers=0, tensorboard=False)
+    with pytest.raises(TTDError, match=f"is being written by ttd train \\(pid {os.getppid()}"):
+        train(config, model=tiny_model(), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [".ttd.lock"]  # nothing written
+
+
+def test_output_lock_is_reentrant_and_released_by_its_outermost_holder(tmp_path):
+    from ttd.locks import output_lock
+
+    with output_lock(tmp_path, "train"):
+        with output_lock(tmp_path, "train"):  # the CLI around the API: the same process, no error
+            assert (tmp_path / ".ttd.lock").is_file()
+        assert (tmp_path / ".ttd.lock").is_file()
+    assert not (tmp_path / ".ttd.lock").exists()

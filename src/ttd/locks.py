@@ -23,6 +23,7 @@ from .io import remove_temporaries
 __all__ = ["LOCK_NAME", "output_lock"]
 
 LOCK_NAME = ".ttd.lock"
+_HELD: dict[Path, int] = {}  # the locks this process holds → how many nested holders
 
 
 def _alive(pid: int) -> bool:
@@ -67,8 +68,9 @@ def _acquire(path: Path, command: str) -> None:
 
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike | None, command: str, active: bool = True) -> Iterator[None]:
-    """Hold the lock of ``folder`` (created if missing) for the ``with`` block. ``active=False``
-    (a non-main torchrun process, or no output folder) holds nothing: rank 0 speaks for the run."""
+    """Hold the lock of ``folder`` (created if missing) for the ``with`` block; re-entrant within a
+    process. ``active=False`` (a non-main torchrun process, or no output folder) holds nothing:
+    rank 0 speaks for the run."""
     if folder is None or not active:
         yield
         return
@@ -77,10 +79,20 @@ def output_lock(folder: str | os.PathLike | None, command: str, active: bool = T
         raise TTDError(f"--out {folder} is a file; choose a folder")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
+    key = path.resolve()
+    if key in _HELD:  # this process holds it already (the CLI around the API's train): nothing to take
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     _acquire(path, command)
+    _HELD[key] = 1
     remove_temporaries(folder)
     try:
         yield
     finally:
+        del _HELD[key]
         if _owner(path).get("pid") == os.getpid():
             path.unlink(missing_ok=True)

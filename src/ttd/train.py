@@ -36,12 +36,26 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoints import complete_checkpoints, load_torch, publish_checkpoint, rng_state, save_torch, seed_everything, set_rng_state, step_dir
+from .checkpoints import (
+    complete_checkpoints,
+    load_torch,
+    publish_checkpoint,
+    rng_state,
+    save_torch,
+    seed_everything,
+    set_rng_state,
+    step_dir,
+)
 from .config import TrainConfig, config_to_yaml
-from .distributed import Distributed, reduce_gradients
+from .distributed import Distributed, is_main_process, reduce_gradients
 from .errors import TTDError, TTDFailure
 from .io import atomic_write_bytes
-from .method.objectives import ContrastiveObjective, dense_label_objective, ttd_objective
+from .locks import output_lock
+from .method.objectives import (
+    ContrastiveObjective,
+    dense_label_objective,
+    ttd_objective,
+)
 from .models.dense import DenseCLIP
 
 __all__ = [
@@ -421,12 +435,14 @@ def train(
     stop_after: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """TTD fine-tuning (METHOD §5): adapters trained on ``config.data``, written to ``config.out``."""
-    trainer = Trainer(config, ttd_objective(config), model=model, resume=resume)
-    try:
-        return trainer.fit(stop_after=stop_after, progress=progress)
-    finally:
-        trainer.dist.close()
+    """TTD fine-tuning (METHOD §5): adapters trained on ``config.data``, written to ``config.out``
+    (locked against a second writer for the run)."""
+    with output_lock(config.out, "train", is_main_process()):
+        trainer = Trainer(config, ttd_objective(config), model=model, resume=resume)
+        try:
+            return trainer.fit(stop_after=stop_after, progress=progress)
+        finally:
+            trainer.dist.close()
 
 
 def pretrain(
@@ -441,31 +457,33 @@ def pretrain(
 
     ``clip_config``: the architecture (:class:`ttd.CLIPConfig`, default ViT-B/16) at
     ``config.image_size``; a resumed run reuses the one saved in ``config.out``. At the end
-    ``OUT/model.safetensors`` holds the CLIP weights under OpenAI's names.
+    ``OUT/model.safetensors`` holds the CLIP weights under OpenAI's names. ``config.out`` is
+    locked against a second writer for the run.
     """
     from .io import save_json
     from .models import CLIPConfig, create_model
     from .models.weights import save_weights
 
-    config = dataclasses.replace(config, finetune="full")
-    saved_arch = Path(config.out) / "clip_config.json"
-    if resume and saved_arch.is_file():
-        saved = CLIPConfig.from_file(saved_arch)
-        if clip_config is not None and clip_config != saved:
-            raise TTDError(f"{config.out} was pretraining another architecture ({saved_arch}); resume without a new one")
-        clip_config = saved
-    clip_config = clip_config or CLIPConfig()
-    if config.image_size is not None:
-        clip_config = dataclasses.replace(clip_config, image_size=config.image_size)
-    seed_everything(config.seed)  # the same random initialisation in every process
-    objective = dense_label_objective(config) if config.dense_weight > 0 else ContrastiveObjective()
-    trainer = Trainer(config, objective, model=create_model(clip_config, dense=config.dense), resume=resume)
-    try:
-        if trainer.dist.main:
-            save_json(clip_config.to_dict(), saved_arch)
-        result = trainer.fit(stop_after=stop_after, progress=progress)
-        if not result.stopped_early and trainer.dist.main:
-            save_weights(trainer.model, Path(config.out) / "model.safetensors")
-        return result
-    finally:
-        trainer.dist.close()
+    with output_lock(config.out, "pretrain", is_main_process()):
+        config = dataclasses.replace(config, finetune="full")
+        saved_arch = Path(config.out) / "clip_config.json"
+        if resume and saved_arch.is_file():
+            saved = CLIPConfig.from_file(saved_arch)
+            if clip_config is not None and clip_config != saved:
+                raise TTDError(f"{config.out} was pretraining another architecture ({saved_arch}); resume without a new one")
+            clip_config = saved
+        clip_config = clip_config or CLIPConfig()
+        if config.image_size is not None:
+            clip_config = dataclasses.replace(clip_config, image_size=config.image_size)
+        seed_everything(config.seed)  # the same random initialisation in every process
+        objective = dense_label_objective(config) if config.dense_weight > 0 else ContrastiveObjective()
+        trainer = Trainer(config, objective, model=create_model(clip_config, dense=config.dense), resume=resume)
+        try:
+            if trainer.dist.main:
+                save_json(clip_config.to_dict(), saved_arch)
+            result = trainer.fit(stop_after=stop_after, progress=progress)
+            if not result.stopped_early and trainer.dist.main:
+                save_weights(trainer.model, Path(config.out) / "model.safetensors")
+            return result
+        finally:
+            trainer.dist.close()

@@ -214,6 +214,15 @@ def test_noun_tagger_as_tag_source_selects_exactly_the_nouns():
     assert torch.isfinite(loss) and metrics["selected"].item() == 2.0  # dog, cat, grass | ball
 
 
+@pytest.mark.parametrize("stopwords, candidates", [(False, 5.0), (True, 2.0)])
+def test_training_candidates_keep_stop_words_unless_asked(stopwords, candidates):
+    from ttd.method.objectives import ttd_objective
+
+    objective = ttd_objective(TrainConfig(data="unused", stopwords=stopwords))
+    _, metrics = objective(tiny_model(), next(iter(_batch_of(["a dog on the grass"]))))
+    assert metrics["candidates"].item() == candidates  # a, dog, on, the, grass | dog, grass
+
+
 def _batch_of(captions):
     from ttd.data.pairs import PairBatch
 

@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_MODEL", "TTD_ONLY", "PRETRAIN_ONLY", "TrainConfig", "load_co
 DEFAULT_MODEL = "ViT-B-16/openai"
 # keys that mean nothing to `ttd pretrain` (random weights, every weight trained, InfoNCE)
 TTD_ONLY = (
-    "model", "quick_gelu", "teacher", "scorer", "tau", "normalize", "keep_argmax", "template", "distance",
+    "model", "quick_gelu", "teacher", "scorer", "tau", "normalize", "keep_argmax", "stopwords", "template", "distance",
     "distill_weight", "tag_weight", "minmax_eps", "finetune", "lora_rank", "lora_alpha", "lora_dropout",
     "lora_targets", "lora_towers", "train_calibration", "calibration_lr",
 )
@@ -68,6 +68,7 @@ class TrainConfig:
     tau: float = _opt(0.5, "selection threshold τ on the tag scores")
     normalize: str = _opt("softmax", "score normalisation across tags", ("softmax", "minmax", "none"))
     keep_argmax: bool = _opt(False, "always select each caption's best-scoring tag")
+    stopwords: bool = _opt(False, "drop English stop words from the candidate tags (the paper keeps them)")
     template: str = _opt("{}", "prompt of a tag, e.g. 'a photo of a {}.' ({} = the raw word)")
     distance: str = _opt("mse", "distance d of Eq. 4-5", ("l1", "mse", "bce"))
     distill_weight: float = _opt(1.0, "weight of L_distill (Eq. 4); 0 = the 'L_tag only' ablation")
@@ -142,7 +143,7 @@ class TrainConfig:
         """The settings of TTD step 1 (:class:`ttd.method.tags.TagSelection`)."""
         from .method.tags import TagSelection
 
-        return TagSelection(self.scorer, self.tau, self.normalize, self.keep_argmax, template=self.template)
+        return TagSelection(self.scorer, self.tau, self.normalize, self.keep_argmax, self.stopwords, self.template)
 
     def lora_config(self):
         from .models.lora import LoRAConfig

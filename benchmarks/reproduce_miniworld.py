@@ -7,9 +7,9 @@ on held-out clip-art instances.
 ``--pretrain`` first builds the two worlds when they are missing (``ttd data miniworld``: 60,000
 training images, val 1,000, test 1,000 (+ test-seen); the tuning build: seed 1, val 600) and
 pretrains both bases from the recipes shipped in ``ttd/assets/miniworld`` (``pretrain.yaml`` +
-``clip-config.yaml``; ``pretrain-infonce.yaml`` + ``clip-config-infonce.yaml``; 2,400 steps of
-128 pairs each, about 26 minutes apiece on 2 idle cores). Without it, ``--base NAME=WEIGHTS``
-names the weights (default: the embedded ones).
+``clip-config.yaml``: 2,400 steps of 128 pairs; ``pretrain-infonce.yaml`` +
+``clip-config-infonce.yaml``: 4,800 steps; about 22 and 47 minutes on 2 idle cores). Without it,
+``--base NAME=WEIGHTS`` names the weights (default: the embedded ones).
 
 Two base CLIPs pretrained on the mini-world (docs/pretraining.md): ``miniworld-clip``, plain
 InfoNCE (MaskCLIP-like: a training-free dense readout of a CLIP that never saw a mask), and
@@ -24,7 +24,10 @@ InfoNCE (MaskCLIP-like: a training-free dense readout of a CLIP that never saw a
    clip-art instances, new composition and wording): tag selection (P / R / F1 / mAP per scorer),
    caption segmentation with the single-tag-bias figures (``ttd.metrics.TagCoverage``), and
    open-vocabulary segmentation; the base's segmentation on ``test-seen`` too (the same scenes with
-   training instances), for its generalisation ratio.
+   training instances), for its generalisation ratio;
+3. with ``--ablate BASE``, **the paper's ablations** on that base (:data:`ABLATIONS`: L_distill
+   or L_tag alone; tags selected by s_image or by a POS noun tagger instead of s_pixel), reported
+   on ``val`` and ``test`` beside no TTD and the paper's setting.
 
 Every TTD run is cached in ``RUNS/<name>-<digest of its settings>`` and every evaluation in
 ``RUNS/eval/<digest>.json``: changing a setting trains a new run, never reuses an old one.
@@ -73,6 +76,15 @@ TUNING = (
     Run("balanced_frozen", {"tag_average": "balanced", "train_calibration": False}, "balanced + calibration frozen"),
     Run("distill_only", {"tag_weight": 0.0}, "L_distill only"),
     Run("text_lora", {"lora_towers": ("text",)}, "LoRA on the text tower only"),
+)
+# The paper's two ablations (its Table 5: loss terms; tag source), run on a base's reported
+# weights and reported on its val and test splits: they measure, they choose nothing.
+ABLATIONS = (
+    Run("paper", {}, "both terms, s_pixel (the paper)"),
+    Run("distill_only", {"tag_weight": 0.0}, "L_distill only"),
+    Run("tag_only", {"distill_weight": 0.0}, "L_tag only"),
+    Run("src_image", {"scorer": "image"}, "tags selected by s_image (Eq. 1)"),
+    Run("src_nouns", {"scorer": "nouns"}, "tags = the caption's nouns (spaCy POS tagger)"),
 )
 CHOSEN: dict[str, str] = {}  # base → the tuning run whose settings are reported; filled after tuning (see the report)
 
@@ -287,6 +299,16 @@ def report(bases, ev: dict, trained: dict, args, command: str, wall: float) -> s
                 lines += [f"`{split}` split (the min-max rows threshold each caption map after normalising it per image):", "",
                           markdown_table(MAIN_HEADERS, rows)]
                 lines += [markdown_table(["goal (issue 10)", "measured", ""], goals(base.kind, before, after))]
+        if any(f"{b}/ablation/{r.name}/val" in ev for r in ABLATIONS):
+            rows = []
+            for label, key in [("no TTD", "base"), *((r.label, f"ablation/{r.name}") for r in ABLATIONS)]:
+                cells = [[_pct(e["tags"]["pixel"]["f1"]), f"{e['caption']['CaptionIoU']:.1f}", _f(e["caption"]["mFNR"]),
+                          _f(e["caption"]["bias"].get("other_coverage")), f"{e['seg']['mIoU']:.1f}"]
+                         if (e := ev.get(f"{b}/{key}/{split}")) else ["–"] * 5 for split in ("val", "test")]
+                rows.append([label, *(f"{v} / {t}" for v, t in zip(*cells))])
+            lines += [("Ablations (the paper's Table 5 on this base; each cell `val / test`; the first two rows of the "
+                       "paper's loss-term table are `no TTD` and `both terms`):"), "",
+                      markdown_table(["TTD", "tag F1", "CaptionIoU", "caption mFNR", "other-tag cov.", "mIoU"], rows)]
         lines.append("")
     runs = [[k, v["steps"], f"{v['seconds']:.0f}", _f(v.get("calibration_w"), 2), _f(v.get("calibration_b"), 2)]
             for k, v in trained.items()]
@@ -340,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
                              "pretraining output of the fp16 copy that the reported runs use")
     parser.add_argument("--chosen", action="append", default=[], metavar="BASE=RUN",
                         help="the tuning run whose settings a base's reported TTD uses (default: paper)")
+    parser.add_argument("--ablate", action="append", default=[], metavar="BASE",
+                        help="also run the paper's ablations (loss terms, tag source) on this base")
     parser.add_argument("--tuning", default=None, help="comma-separated tuning runs (default: all)")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -405,6 +429,14 @@ def main(argv: list[str] | None = None) -> None:
             write()
         ev[f"{base.name}/test-seen"] = evaluate(base, None, args.world, "test-seen", args, tasks=("seg",))
         write()
+    for base in (b for b in bases if b.name in args.ablate):
+        print(f"== {base.name}: ablations", flush=True)
+        for run in ABLATIONS:
+            trained[f"{base.name}/ablation/{run.name}"] = train_run(base, run, args)
+            for split in ("val", "test"):
+                ev[f"{base.name}/ablation/{run.name}/{split}"] = evaluate(
+                    base, trained[f"{base.name}/ablation/{run.name}"]["adapter"], args.world, split, args)
+                write()
     print(f"results: {args.results}")
 
 

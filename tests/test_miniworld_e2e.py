@@ -120,6 +120,19 @@ def test_quickstart_on_a_tiny_model(pipeline, capsys):
             assert example[f"selected_{stage}"] == picked
 
 
+def test_quickstart_min_max_normalises_the_caption_maps_it_thresholds(tmp_path):
+    from ttd.quickstart import run_quickstart
+
+    raw = run_quickstart(tmp_path / "raw", model="miniworld-clip", images=1)
+    minmax = run_quickstart(tmp_path / "minmax", model="miniworld-clip", images=1, caption_normalize="minmax")
+    assert "after min-max normalisation per image" in minmax.report.read_text()
+    assert "min-max" not in raw.report.read_text()
+    for stage in ("before", "after"):
+        assert minmax.summary[stage]["tags"] == raw.summary[stage]["tags"]  # tag scoring does not change
+    # the embedded MaskCLIP-like CLIP: its raw caption maps are dark before TTD, the normalised ones are not
+    assert raw.summary["before"]["caption"]["bias"]["best_coverage"] < 0.3 < minmax.summary["before"]["caption"]["bias"]["best_coverage"]
+
+
 def test_quickstart_refuses_an_adapter_of_other_weights(pipeline, tmp_path, capsys):
     world, weights, adapter, _ = pipeline
     assert main(["pretrain", "--data", str(world / "train" / "pairs.jsonl"), "--clip-config",

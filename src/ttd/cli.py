@@ -420,6 +420,9 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--samples", default=None, help="manifest with tags and caption masks (default: the embedded samples)")
     p.add_argument("--images", type=int, default=4, help="images shown in the figure (default 4)")
     p.add_argument("--tau", type=float, default=0.5, help="tag selection threshold (default 0.5)")
+    p.add_argument("--caption-normalize", choices=("none", "minmax"), default="none",
+                   help="min-max normalise each caption map per image before the threshold (default none; "
+                        "minmax suits 'miniworld-clip', whose raw maps are dark at the default calibration)")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_quickstart)
@@ -441,6 +444,7 @@ def _run_quickstart(args) -> int:
         dense=args.dense,
         device=args.device,
         tau=args.tau,
+        caption_normalize=args.caption_normalize,
         progress=not args.quiet,
     )
     for stage in ("before", "after"):

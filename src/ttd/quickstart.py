@@ -143,7 +143,9 @@ def _report(result: QuickstartResult, settings: dict) -> str:
         "",
         f"Model `{settings['model']}` ({settings['dense']} readout), TTD adapter `{settings['adapter']}`.",
         "Tags are the caption's words; pixel scoring (Eq. 2) selects those scoring ≥ "
-        f"{settings['tau']}. The caption heatmap is thresholded at {settings['caption_threshold']}; an object is",
+        f"{settings['tau']}. The caption heatmap is thresholded at {settings['caption_threshold']}"
+        + (" after min-max normalisation per image" if settings.get("caption_normalize") == "minmax" else "")
+        + "; an object is",
         "*covered* where the thresholded caption map lies on it.",
         "",
         "![before / after](figure.png)",
@@ -190,11 +192,14 @@ def run_quickstart(
     device: str | None = None,
     tau: float = 0.5,
     caption_threshold: float = CAPTION_THRESHOLD,
+    caption_normalize: str = "none",
     progress: bool = False,
 ) -> QuickstartResult:
     """Before / after TTD on ``images`` sample images (figure) and on every sample (figures).
 
     ``adapter`` and ``dense`` default to the ones shipped for an embedded ``model``.
+    ``caption_normalize="minmax"`` thresholds (and shows) each caption map after min-max
+    normalising it per image, the protocol knob of the same name.
     """
     from .data.segmentation import read_label
     from .models.weights import KNOWN_WEIGHTS, embedded_adapter
@@ -214,7 +219,7 @@ def run_quickstart(
         record.require("caption_mask", samples)
     picked = pick_samples(records, images)
     models = {"before": _load(model, dense, device, None), "after": _load(model, dense, device, adapter)}
-    protocol = miniworld_protocol(background_threshold=caption_threshold)
+    protocol = miniworld_protocol(background_threshold=caption_threshold, caption_normalize=caption_normalize)
     targets = [read_label(r.caption_mask) for r in picked]
 
     selections, heatmaps, summary = {}, {}, {"images": len(records)}
@@ -238,7 +243,7 @@ def run_quickstart(
     _figure(picked, heatmaps, targets, examples).save(figure_path)
     result = QuickstartResult(out, out / "report.md", figure_path, summary, examples, time.perf_counter() - start)
     settings = {"model": model, "dense": dense, "adapter": str(adapter), "samples": str(samples), "tau": tau,
-                "caption_threshold": caption_threshold}
+                "caption_threshold": caption_threshold, "caption_normalize": caption_normalize}
     save_json({"settings": settings, "summary": summary, "examples": examples}, out / "quickstart.json")
     atomic_write_bytes(result.report, _report(result, settings).encode("utf-8"))
     return result

@@ -543,3 +543,11 @@ def test_bad_input_gives_one_line_error(tmp_path, case):
         with pytest.raises(TTDError, match=pattern) as err:
             load(target)
         assert "\n" not in str(err.value)
+
+
+def test_an_embedded_name_loads_with_its_registered_readout_unless_one_is_asked_for():
+    from ttd.models import load_model
+
+    assert load_model("miniworld-clip").name == KNOWN_WEIGHTS["miniworld-clip"].dense == "clip"
+    assert load_model("miniworld").name == "maskclip"
+    assert load_model("miniworld-clip", dense="sclip").name == "sclip"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import DEFAULT_MODEL
 from .errors import TTDError
+from .protocols import CAPTION_NORMALIZATIONS
 
 
 def _add_info(sub) -> None:
@@ -420,7 +421,7 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--samples", default=None, help="manifest with tags and caption masks (default: the embedded samples)")
     p.add_argument("--images", type=int, default=4, help="images shown in the figure (default 4)")
     p.add_argument("--tau", type=float, default=0.5, help="tag selection threshold (default 0.5)")
-    p.add_argument("--caption-normalize", choices=("none", "minmax"), default="none",
+    p.add_argument("--caption-normalize", choices=CAPTION_NORMALIZATIONS, default="none",
                    help="min-max normalise each caption map per image before the threshold (default none; "
                         "minmax suits 'miniworld-clip', whose raw maps are dark at the default calibration)")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda when present)")

@@ -144,7 +144,7 @@ def _report(result: QuickstartResult, settings: dict) -> str:
         f"Model `{settings['model']}` ({settings['dense']} readout), TTD adapter `{settings['adapter']}`.",
         "Tags are the caption's words; pixel scoring (Eq. 2) selects those scoring ≥ "
         f"{settings['tau']}. The caption heatmap is thresholded at {settings['caption_threshold']}"
-        + (" after min-max normalisation per image" if settings.get("caption_normalize") == "minmax" else "")
+        + (" after min-max normalisation per image" if settings["caption_normalize"] == "minmax" else "")
         + "; an object is",
         "*covered* where the thresholded caption map lies on it.",
         "",

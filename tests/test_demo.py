@@ -13,6 +13,7 @@ from ttd.errors import TTDError
 from ttd.method.tags import candidate_tags
 
 ADAPTER = "miniworld/ttd_adapter"
+DEFAULT_ADAPTER = "miniworld/ttd_adapter_infonce"  # the default model's (miniworld-clip)
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_choices_come_from_the_embedded_registry():
-    assert embedded_models()[:2] == ["miniworld", "miniworld-clip"]
+    assert embedded_models()[:2] == ["miniworld-clip", "miniworld"]  # the quickstart's default first
     adapters = embedded_adapters("miniworld")
     assert ADAPTER in adapters and adapters[ADAPTER].is_file()
     assert embedded_adapters("ViT-B-16/openai") == {}  # shipped adapters belong to their base only
@@ -31,7 +32,7 @@ def test_choices_come_from_the_embedded_registry():
 
 def test_a_sample_before_and_after_ttd():
     sample = embedded_samples()[0]  # "one weird bear and one odd owl around an odd guitar and that house, …"
-    result = analyse(sample.image, sample.caption, adapter=embedded_adapters("miniworld")[ADAPTER])
+    result = analyse(sample.image, sample.caption, model="miniworld", adapter=embedded_adapters("miniworld")[ADAPTER])
     assert result.stages == ["without TTD", "with TTD"]
     assert result.words == candidate_tags(sample.caption)
     assert result.headers() == ["tag", "score without TTD", "selected without TTD", "score with TTD", "selected with TTD"]
@@ -42,6 +43,13 @@ def test_a_sample_before_and_after_ttd():
     assert "selected with TTD: **" in result.summary() and "bear" in result.summary()
     for figure in (result.chart, result.caption_heatmaps, result.tag_heatmaps, result.overlay):
         assert isinstance(figure, Image.Image) and figure.width >= 384
+
+
+def test_the_default_model_takes_its_own_readout_and_adapter():
+    sample = embedded_samples()[0]
+    result = analyse(sample.image, sample.caption, adapter=embedded_adapters("miniworld-clip")[DEFAULT_ADAPTER])
+    assert result.stages == ["without TTD", "with TTD"]  # the adapter loaded: same base, its readout (clip)
+    assert result.caption_heatmaps.width >= 384
 
 
 def test_class_names_alone_segment_without_tags():

@@ -19,7 +19,7 @@ from torch import nn  # noqa: E402
 
 from ttd.errors import TTDError  # noqa: E402
 from ttd.models import CLIPConfig, create_model, load_model  # noqa: E402
-from ttd.models.weights import KNOWN_WEIGHTS, load_weights, save_weights  # noqa: E402
+from ttd.models.weights import KNOWN_WEIGHTS, default_readout, load_weights, save_weights  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -551,3 +551,5 @@ def test_an_embedded_name_loads_with_its_registered_readout_unless_one_is_asked_
     assert load_model("miniworld-clip").name == KNOWN_WEIGHTS["miniworld-clip"].dense == "clip"
     assert load_model("miniworld").name == "maskclip"
     assert load_model("miniworld-clip", dense="sclip").name == "sclip"
+    assert default_readout("miniworld-clip") == ("clip", "minmax") and default_readout("miniworld") == ("maskclip", "none")
+    assert default_readout("ViT-B-16/openai") == default_readout("/some/file.safetensors") == ("maskclip", "none")

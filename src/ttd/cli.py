@@ -415,15 +415,16 @@ def _add_quickstart(sub) -> None:
         "tags, tag and caption figures.",
     )
     p.add_argument("--out", default="ttd-quickstart", help="output folder (default ttd-quickstart/)")
-    p.add_argument("--model", default=None, help="CLIP weights (default: the embedded 'miniworld'; 'miniworld-clip' is the MaskCLIP-like one)")
+    p.add_argument("--model", default=None, help="CLIP weights (default: the embedded MaskCLIP-like 'miniworld-clip'; 'miniworld' is the TCL-like one)")
     p.add_argument("--adapter", default=None, help="TTD adapter (default: the one shipped for an embedded --model)")
     p.add_argument("--dense", default=None, help="dense variant the adapter was trained for (default: the embedded model's)")
     p.add_argument("--samples", default=None, help="manifest with tags and caption masks (default: the embedded samples)")
     p.add_argument("--images", type=int, default=4, help="images shown in the figure (default 4)")
     p.add_argument("--tau", type=float, default=0.5, help="tag selection threshold (default 0.5)")
-    p.add_argument("--caption-normalize", choices=CAPTION_NORMALIZATIONS, default="none",
-                   help="min-max normalise each caption map per image before the threshold (default none; "
-                        "minmax suits 'miniworld-clip', whose raw maps are dark at the default calibration)")
+    p.add_argument("--caption-normalize", choices=CAPTION_NORMALIZATIONS, default=None,
+                   help="min-max normalise each caption map per image before the threshold, or not (default: the "
+                        "embedded model's: minmax for 'miniworld-clip', whose raw maps are dark at the default "
+                        "calibration; none otherwise)")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_quickstart)

@@ -37,10 +37,12 @@ INSTALL_HINT = "pip install 'ttd[demo]'"
 
 # --- what the page offers -------------------------------------------------------------------
 def embedded_models() -> list[str]:
-    """Names of the weights shipped inside the package (they load without any download)."""
+    """Names of the weights shipped inside the package (they load without any download), the
+    default (:data:`ttd.evaluate.miniworld.EMBEDDED_MODEL`) first."""
+    from .evaluate.miniworld import EMBEDDED_MODEL
     from .models.weights import embedded_models as registry
 
-    return list(registry())
+    return sorted(registry(), key=lambda name: name != EMBEDDED_MODEL)
 
 
 def embedded_adapters(model: str) -> dict[str, Path]:
@@ -130,7 +132,7 @@ def analyse(
     image: str | os.PathLike,
     caption: str = "",
     classes: str = "",
-    model: str = "miniworld",
+    model: str | None = None,
     dense: str | None = None,
     adapter: str | os.PathLike | None = None,
     threshold: float = 0.5,
@@ -140,16 +142,19 @@ def analyse(
     Tags are the caption's words scored by pixel scoring (Eq. 2) and selected at ``threshold``;
     the overlay segments by ``classes`` (comma-separated) when given, else by each stage's
     selected tags. Segmentation follows the ``miniworld`` protocol the embedded models are
-    evaluated with (the whole image in one forward). ``dense`` defaults to the readout the
-    embedded ``model`` is meant for. Bad input raises a one-line :class:`TTDError`.
+    evaluated with (the whole image in one forward). ``model`` defaults to the quickstart's;
+    ``dense`` and the caption map's normalisation to those the embedded ``model`` is meant for
+    (:func:`ttd.models.weights.default_readout`). Bad input raises a one-line :class:`TTDError`.
     """
-    from .evaluate.miniworld import miniworld_protocol
-    from .models.weights import KNOWN_WEIGHTS
+    from .evaluate.miniworld import EMBEDDED_MODEL, miniworld_protocol
+    from .models.weights import default_readout
     from .segment import Segmenter
     from .method.tags import TagSelector
     from .viz import heatmap_grid, panels, score_bars, stack
 
-    dense = dense or (KNOWN_WEIGHTS[model].dense if model in KNOWN_WEIGHTS else "maskclip")
+    model = model or EMBEDDED_MODEL
+    registered_dense, normalize = default_readout(model)
+    dense = dense or registered_dense
     caption, names = caption.strip(), [n.strip() for n in classes.split(",") if n.strip()]
     if not caption and not names:
         raise TTDError("type a caption (or class names) to look for in the image")
@@ -157,7 +162,7 @@ def analyse(
     if adapter:
         models["with TTD"] = _model(model, dense, str(adapter))
     picture = _prepare(image, models["without TTD"].config.image_size)
-    protocol = miniworld_protocol()
+    protocol = miniworld_protocol(caption_normalize=normalize)
     result = Analysis(picture, list(models))
     caption_maps, heat_grids, overlays = [], [], []
     for stage, m in models.items():
@@ -177,7 +182,8 @@ def analyse(
         overlays.append(_segmentation(segmenter, picture, shown, wanted))
     if caption:
         result.chart = score_bars(result.words, result.scores, result.selected, threshold)
-        titles = [f"caption heatmap, {s}" for s in models]
+        scale = ", min-max per image" if normalize == "minmax" else ""
+        titles = [f"caption heatmap, {s}{scale}" for s in models]
         result.caption_heatmaps = heatmap_grid(picture, torch.stack(caption_maps), titles, columns=3)
     result.tag_heatmaps = stack(heat_grids)
     result.overlay = panels(overlays, [f"segmentation, {s}" for s in models])
@@ -230,9 +236,9 @@ def _adapter_choices(model: str) -> tuple[list[str], str]:
 
 def _adapter_dense(model: str, label: str, current: str) -> str:
     """The dense variant an adapter was trained with (the only one it loads on)."""
-    from .models.weights import KNOWN_WEIGHTS
+    from .models.weights import default_readout
 
-    return KNOWN_WEIGHTS[model].dense if label in embedded_adapters(model) else current
+    return default_readout(model)[0] if label in embedded_adapters(model) else current
 
 
 def build_demo():

@@ -1,8 +1,9 @@
 """``ttd quickstart``: single tag bias and TTD's fix, on a few mini-world images, offline.
 
-The embedded default is ``miniworld``, the TCL-like mini CLIP pretrained on the mini-world, with
-its dense readout and its committed TTD adapter (``--model miniworld-clip``: the MaskCLIP-like one,
-plain InfoNCE); both go through the normal loaders. The committed samples are held-out test images
+The embedded default is ``miniworld-clip``, the MaskCLIP-like mini CLIP (plain InfoNCE) pretrained
+on the mini-world, with its dense readout, its caption-map normalisation and its committed TTD
+adapter (``--model miniworld``: the TCL-like one, pretrained with a dense loss); both go through
+the normal loaders. The committed samples are held-out test images
 (clip art no embedded model was trained on), where its caption maps show single tag bias. For the first few committed samples
 whose caption names at least two depicted objects (a fixed rule, no hand-picking) it shows the
 caption's heatmap before and after TTD, how much of each depicted object the caption map covers,
@@ -192,17 +193,18 @@ def run_quickstart(
     device: str | None = None,
     tau: float = 0.5,
     caption_threshold: float = CAPTION_THRESHOLD,
-    caption_normalize: str = "none",
+    caption_normalize: str | None = None,
     progress: bool = False,
 ) -> QuickstartResult:
     """Before / after TTD on ``images`` sample images (figure) and on every sample (figures).
 
-    ``adapter`` and ``dense`` default to the ones shipped for an embedded ``model``.
-    ``caption_normalize="minmax"`` thresholds (and shows) each caption map after min-max
-    normalising it per image, the protocol knob of the same name.
+    ``adapter``, ``dense`` and ``caption_normalize`` default to the ones shipped for an embedded
+    ``model`` (:func:`ttd.models.weights.default_readout`). ``caption_normalize="minmax"``
+    thresholds (and shows) each caption map after min-max normalising it per image, the protocol
+    knob of the same name.
     """
     from .data.segmentation import read_label
-    from .models.weights import KNOWN_WEIGHTS, embedded_adapter
+    from .models.weights import default_readout, embedded_adapter
     from .evaluate.caption import CaptionMaskDataset, evaluate_captions
     from .evaluate.tags import evaluate_tags
     from .images import load_image
@@ -212,7 +214,8 @@ def run_quickstart(
     adapter = adapter or embedded_adapter(model)
     if adapter is None:
         raise TTDError("the quickstart compares a model before and after TTD: pass --adapter")
-    dense = dense or (KNOWN_WEIGHTS[model].dense if model in KNOWN_WEIGHTS else "maskclip")
+    registered_dense, registered_normalize = default_readout(model)
+    dense, caption_normalize = dense or registered_dense, caption_normalize or registered_normalize
     records = read_manifest(samples)
     for record in records:
         record.require("tags", samples)

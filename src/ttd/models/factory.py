@@ -9,7 +9,7 @@ from ..io import default_device
 from .clip import CLIP, CLIPConfig
 from .dense import DenseCLIP, dense_variant
 from .tcl import is_tcl_checkpoint, load_tcl
-from .weights import KNOWN_WEIGHTS, load_weights
+from .weights import default_readout, load_weights
 
 __all__ = ["create_model", "load_model"]
 
@@ -43,8 +43,7 @@ def load_model(
         if dense not in (None, "tcl"):
             raise TTDError(f"{name_or_path} is a TCL checkpoint: pass --dense tcl (or no --dense), not {dense!r}")
         return load_tcl(name_or_path, quick_gelu=quick_gelu).to(default_device(device)).eval().requires_grad_(False)
-    known = KNOWN_WEIGHTS.get(str(name_or_path))
-    variant = dense_variant(dense or (known.dense if known else "maskclip"))
+    variant = dense_variant(dense or default_readout(name_or_path)[0])
     loaded = load_weights(name_or_path, quick_gelu=quick_gelu)
     # Built on the meta device, then given the loaded tensors: no random initialisation to
     # throw away (seconds for ViT-L). load_weights has checked every key and shape already.

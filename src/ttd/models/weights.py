@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .dense import DenseCLIP
 
 __all__ = [
-    "KNOWN_WEIGHTS", "LoadedWeights", "WeightSpec", "embedded_adapter", "embedded_models", "load_weights",
+    "KNOWN_WEIGHTS", "LoadedWeights", "WeightSpec", "default_readout", "embedded_adapter", "embedded_models", "load_weights",
     "recommended_protocol", "save_weights",
 ]  # fmt: skip
 
@@ -71,6 +71,7 @@ class WeightSpec:
     kind: str | None = None  # "maskclip-like" (plain InfoNCE) or "tcl-like" (trained with a dense loss)
     dense: str = "maskclip"  # the dense readout it is meant for
     protocol: str | None = None  # recommended segmentation protocol preset (None: each command's default)
+    caption_normalize: str = "none"  # how its caption maps are shown and thresholded (a protocol knob)
 
 
 # Hub repositories and activations as open_clip's pretrained registry lists them.
@@ -92,7 +93,7 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
     ),
     "miniworld-clip": WeightSpec(
         "", quick_gelu=False, packaged="miniworld/clip_infonce.safetensors", adapter="miniworld/ttd_adapter_infonce.safetensors",
-        kind="maskclip-like", dense="clip", protocol="miniworld",
+        kind="maskclip-like", dense="clip", protocol="miniworld", caption_normalize="minmax",
     ),
 }
 
@@ -100,6 +101,14 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
 def embedded_models() -> dict[str, WeightSpec]:
     """The weights shipped inside the package (they load without any download), by name."""
     return {name: spec for name, spec in KNOWN_WEIGHTS.items() if spec.packaged}
+
+
+def default_readout(name: str) -> tuple[str, str]:
+    """The dense readout and the caption-map normalisation weights ``name`` are meant for: the
+    registry's for a known name (``miniworld-clip``: its patch tokens, maps min-max normalised per
+    image, since at the default calibration they sit below the threshold), else MaskCLIP's on raw maps."""
+    spec = KNOWN_WEIGHTS.get(str(name))
+    return (spec.dense, spec.caption_normalize) if spec else ("maskclip", "none")
 
 
 def embedded_adapter(name: str) -> Path | None:

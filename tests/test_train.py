@@ -383,6 +383,29 @@ def test_pretrain_cli_from_random_weights_resumes_and_writes_clip_weights(tmp_pa
     assert "unknown field 'width'" in capsys.readouterr().err
 
 
+def test_pretrain_init_continues_from_given_weights(tmp_path, capsys):
+    from helpers import TINY
+
+    import ttd
+
+    manifest = write_manifest(tmp_path / "data", make_pairs(8))
+    arch = tmp_path / "tiny.yaml"
+    arch.write_text(yaml.safe_dump(dataclasses.replace(TINY, image_size=32).to_dict()))
+    common = ["--data", str(manifest), "--steps", "2", "--batch-size", "4", "--workers", "0", "--no-tensorboard", "--no-progress"]
+    assert main(["pretrain", *common, "--out", str(tmp_path / "a"), "--clip-config", str(arch)]) == 0
+    first = tmp_path / "a" / "model.safetensors"
+    assert main(["pretrain", *common, "--out", str(tmp_path / "b"), "--init", str(first), "--lr", "1e-12"]) == 0
+    capsys.readouterr()
+    start, again = load_file(str(first)), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert start.keys() == again.keys() and all(torch.allclose(start[k], again[k], atol=1e-6) for k in start)  # the init
+    assert main(["pretrain", *common, "--out", str(tmp_path / "c"), "--init", str(first)]) == 0
+    moved = load_file(str(tmp_path / "c" / "model.safetensors"))
+    assert not torch.equal(moved["visual.conv1.weight"], start["visual.conv1.weight"])  # it trains from there
+    assert ttd.load_model(str(tmp_path / "c" / "model.safetensors")).config == ttd.load_model(str(first)).config
+    assert main(["pretrain", *common, "--out", str(tmp_path / "d"), "--init", str(first), "--clip-config", str(arch)]) == 2
+    assert "--init takes the architecture from its weights" in capsys.readouterr().err
+
+
 def test_every_config_key_is_documented():
     import dataclasses
 

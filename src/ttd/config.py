@@ -26,7 +26,7 @@ TTD_ONLY = (
     "lora_targets", "lora_towers", "train_calibration", "calibration_lr",
 )
 # keys that mean nothing to `ttd train` (the auxiliary dense objective of pretraining)
-PRETRAIN_ONLY = ("dense_weight", "dense_classes")
+PRETRAIN_ONLY = ("dense_weight", "dense_classes", "init")
 # old names in the config.yaml of runs saved before the knobs took one name each, so they resume
 _RENAMED = {"score_norm": "normalize", "tag_template": "template"}
 
@@ -92,6 +92,7 @@ class TrainConfig:
     # pretraining only: auxiliary dense objective from object masks (ttd.method.objectives.DenseLabelObjective)
     dense_weight: float = _opt(0.0, "pretrain: weight of the per-patch class loss on the shards' object masks (0: plain InfoNCE)")
     dense_classes: str = _opt("", "pretrain: classes.txt naming the masks' class ids (default: the mini-world vocabulary)")
+    init: str = _opt("", "pretrain: continue from these weights (a file or known name; default: random initialisation)")
     # bookkeeping
     log_every: int = _opt(10, "log (JSONL, TensorBoard, progress bar) every N steps")
     save_every: int = _opt(1000, "checkpoint every N steps (and at the end)")

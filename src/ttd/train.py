@@ -456,12 +456,14 @@ def pretrain(
     weight trained, same data formats, checkpoints and processes as :func:`train`.
 
     ``clip_config``: the architecture (:class:`ttd.CLIPConfig`, default ViT-B/16) at
-    ``config.image_size``; a resumed run reuses the one saved in ``config.out``. At the end
+    ``config.image_size``; a resumed run reuses the one saved in ``config.out``. With
+    ``config.init`` the run starts from those weights instead (continued pretraining, e.g. on
+    other data or augmentations), and takes their architecture. At the end
     ``OUT/model.safetensors`` holds the CLIP weights under OpenAI's names. ``config.out`` is
     locked against a second writer for the run.
     """
     from .io import save_json
-    from .models import CLIPConfig, create_model
+    from .models import CLIPConfig, create_model, load_model
     from .models.weights import save_weights
 
     with output_lock(config.out, "pretrain", is_main_process()):
@@ -472,12 +474,19 @@ def pretrain(
             if clip_config is not None and clip_config != saved:
                 raise TTDError(f"{config.out} was pretraining another architecture ({saved_arch}); resume without a new one")
             clip_config = saved
-        clip_config = clip_config or CLIPConfig()
-        if config.image_size is not None:
-            clip_config = dataclasses.replace(clip_config, image_size=config.image_size)
-        seed_everything(config.seed)  # the same random initialisation in every process
+        if config.init:
+            if clip_config is not None and not resume:
+                raise TTDError("--init takes the architecture from its weights; drop --clip-config")
+            model = load_model(config.init, dense=config.dense, device="cpu")  # a resumed run then loads its checkpoint over it
+            clip_config = model.config
+        else:
+            clip_config = clip_config or CLIPConfig()
+            if config.image_size is not None:
+                clip_config = dataclasses.replace(clip_config, image_size=config.image_size)
+            seed_everything(config.seed)  # the same random initialisation in every process
+            model = create_model(clip_config, dense=config.dense)
         objective = dense_label_objective(config) if config.dense_weight > 0 else ContrastiveObjective()
-        trainer = Trainer(config, objective, model=create_model(clip_config, dense=config.dense), resume=resume)
+        trainer = Trainer(config, objective, model=model, resume=resume)
         try:
             if trainer.dist.main:
                 save_json(clip_config.to_dict(), saved_arch)

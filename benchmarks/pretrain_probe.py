@@ -15,6 +15,11 @@
   pointing (its maximum lies inside its mask), IoU of the calibrated heatmap > 0.5 with its mask,
   and mIoU of the argmax over the class names (+ "background") on the segmentation masks.
 
+With ``--heldout WORLD``: the open-vocabulary mIoU (the ``miniworld`` protocol, as in
+``reproduce_miniworld.py``) on that world's ``test-seen`` and ``test`` splits, the same scenes drawn
+with training and with held-out clip-art files, and their ratio (issue 10's generalisation goal:
+test ≥ 0.7 × test-seen). Point it at a tuning build, not the reported one, when choosing a recipe.
+
 Single tag bias (issue 6's goal): image-level recall ≤ ½ pixel-level recall, pixel AUC ≥ 0.8.
 """
 
@@ -131,16 +136,37 @@ def evaluate(model, world: Path, limit: int | None = None, batch: int = 50) -> d
     return out
 
 
+def heldout_generalisation(model, world: Path, limit: int | None = None) -> dict:
+    """mIoU on held-out drawings (``test``) against the same scenes with training ones (``test-seen``)."""
+    from ttd.data.segmentation import load_segmentation_dataset
+    from ttd.evaluate.miniworld import miniworld_protocol
+    from ttd.evaluate.segmentation import evaluate_segmentation
+
+    model.eval()
+    miou = {
+        split: evaluate_segmentation(model, load_segmentation_dataset("generic", world / "seg" / split), miniworld_protocol(),
+                                     limit=limit, figures=0, use_cache=False, progress=False)["mIoU"]
+        for split in ("test-seen", "test")
+    }
+    return {**miou, "ratio": miou["test"] / max(miou["test-seen"], 1e-12)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="weights file, known name, or a checkpoint folder")
-    ap.add_argument("--world", required=True, help="a mini-world built by `ttd data miniworld`")
+    ap.add_argument("--world", help="a mini-world built by `ttd data miniworld` (its val split)")
+    ap.add_argument("--heldout", help="a mini-world with test and test-seen splits: the generalisation figures")
     ap.add_argument("--dense", default="maskclip")
     ap.add_argument("--limit", type=int, default=None, help="only the first N val images")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    figures = evaluate(load(args.model, args.dense), Path(args.world), args.limit)
+    if not (args.world or args.heldout):
+        ap.error("give --world, --heldout or both")
+    model = load(args.model, args.dense)
+    figures = evaluate(model, Path(args.world), args.limit) if args.world else {}
+    if args.heldout:
+        figures["heldout"] = heldout_generalisation(model, Path(args.heldout), args.limit)
     text = json.dumps(figures, indent=1, default=float)
     print(text)
     if args.json:

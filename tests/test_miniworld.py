@@ -374,6 +374,31 @@ def test_augmented_pastes_recolour_objects_and_keep_exact_masks(tmp_path, fake_w
     assert pure_share(tmp_path / "plain") > 0.8 and pure_share(tmp_path / "aug") < 0.6
 
 
+def test_shape_augmentation_repaints_and_erases_but_never_adds_object_pixels():
+    from ttd.data.miniworld import _augment_shape
+
+    yy, xx = np.mgrid[:40, :30]
+    cut = np.dstack([xx * 8, yy * 6, (xx + yy) * 4, np.where((yy - 20) ** 2 + (xx - 15) ** 2 < 180, 255, 0)]).astype(np.uint8)
+    outputs = [_augment_shape(np.random.default_rng(seed), cut) for seed in range(60)]
+    assert all(o.shape == cut.shape and o.dtype == np.uint8 for o in outputs)
+    assert all(not (o[..., 3] > cut[..., 3]).any() for o in outputs)  # the mask can only lose pixels
+    inside = cut[..., 3] > 0
+    erased = [(o[..., 3][inside] == 0).sum() / inside.size for o in outputs]  # share of the cut-out's box
+    palettes = [len(np.unique(o[..., :3][inside], axis=0)) for o in outputs]
+    assert 0.15 < np.mean([e > 0 for e in erased]) < 0.5 and max(erased) < 0.32  # ~30 %, ≤ 30 % of the box
+    assert 0.15 < np.mean([n <= 4 for n in palettes]) < 0.5  # posterised ~30 % of the time (the drawing has hundreds)
+    again = _augment_shape(np.random.default_rng(7), cut)
+    assert np.array_equal(again, outputs[7])  # the world's seed decides everything
+
+
+def test_shape_augmentation_leaves_the_test_splits_alone(tmp_path, fake_world):
+    _build(tmp_path / "a", fake_world, train=0, augment=True)
+    _build(tmp_path / "b", fake_world, train=0, augment=True, shape_augment=True)
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    differ = {k.split("/")[0] if not k.startswith("seg/") else "/".join(k.split("/")[:2]) for k in a if a[k] != b.get(k)}
+    assert "val" in differ and not any(d.startswith("test") or d.startswith("seg/test") for d in differ)
+
+
 @pytest.mark.skipif(not DEFAULT_SOURCE.is_dir(), reason="openclipart-png not installed (apt-get install -y openclipart-png)")
 def test_real_clipart_package(tmp_path):
     summary = build_miniworld(tmp_path / "w", MiniWorldConfig(train=4, val=4, test=4, size=64, shard_size=4), progress=False)

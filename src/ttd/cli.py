@@ -325,6 +325,10 @@ def _add_data_miniworld(sub) -> None:
         "--no-augment", dest="augment", action="store_false",
         help="paste training cut-outs as drawn (default: recoloured, rotated, stretched)",
     )  # fmt: skip
+    p.add_argument(
+        "--shape-augment", action="store_true",
+        help="also repaint, blur and partly erase training cut-outs, so a model learns shapes, not drawings",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=0, help="render in this many processes (default 0 = in-process)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous build in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -349,6 +353,7 @@ def _run_data_miniworld(args) -> int:
         shard_size=args.shard_size,
         train_masks=args.train_masks,
         augment=args.augment,
+        shape_augment=args.shape_augment,
     )
     with _output_lock(args.out, args):
         summary = build_miniworld(

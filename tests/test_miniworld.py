@@ -397,6 +397,7 @@ def test_shape_augmentation_leaves_the_test_splits_alone(tmp_path, fake_world):
     a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
     differ = {k.split("/")[0] if not k.startswith("seg/") else "/".join(k.split("/")[:2]) for k in a if a[k] != b.get(k)}
     assert "val" in differ and not any(d.startswith("test") or d.startswith("seg/test") for d in differ)
+    assert "(recoloured, rotated, stretched; repainted, blurred, partly erased)" in (tmp_path / "b" / "README.txt").read_text()
 
 
 @pytest.mark.skipif(not DEFAULT_SOURCE.is_dir(), reason="openclipart-png not installed (apt-get install -y openclipart-png)")

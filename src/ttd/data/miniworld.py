@@ -827,7 +827,9 @@ def build_miniworld(
 
 def _readme(config: MiniWorldConfig, nouns: Sequence[Noun]) -> str:
     mask_splits = "every split" if config.train_masks else "every split but train (built with --no-train-masks)"
-    augment = "augmented cut-outs (recoloured, rotated, stretched)" if config.augment else "unaugmented cut-outs"
+    changes = [*(["recoloured, rotated, stretched"] if config.augment else []),
+               *(["repainted, blurred, partly erased"] if config.shape_augment else [])]  # fmt: skip
+    augment = f"augmented cut-outs ({'; '.join(changes)})" if changes else "unaugmented cut-outs"
     return f"""TTD mini-world ({FORMAT}), built by `ttd data miniworld` (docs/miniworld.md).
 {config.train} training and {config.val} validation images ({config.min_objects}-{config.max_objects} objects,
 {augment}, the training share of each noun's clip-art files), and {config.test} test images twice:

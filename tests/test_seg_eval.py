@@ -214,6 +214,15 @@ def test_the_protocol_follows_the_model_unless_given(capsys):
     assert "name: tcl" in capsys.readouterr().out
     assert ttd.cli.main(["eval", "caption", "--print-protocol"]) == 0  # ViT-B-16/openai: the command's default
     assert "name: tcl" in capsys.readouterr().out
+    # with its recommended protocol a model gets its own caption-map normalisation; --set still wins
+    assert ttd.cli.main(["eval", "caption", "--model", "miniworld", "--print-protocol"]) == 0
+    assert "caption_normalize: none" in capsys.readouterr().out
+    assert ttd.cli.main(["eval", "caption", "--model", "miniworld-clip", "--print-protocol"]) == 0
+    assert "caption_normalize: minmax" in capsys.readouterr().out
+    assert ttd.cli.main(["eval", "caption", "--model", "miniworld-clip", "--print-protocol", "--set", "caption_normalize=none"]) == 0
+    assert "caption_normalize: none" in capsys.readouterr().out
+    assert ttd.cli.main(["eval", "caption", "--model", "miniworld-clip", "--protocol", "miniworld", "--print-protocol"]) == 0
+    assert "caption_normalize: none" in capsys.readouterr().out  # a protocol given by name is taken as written
 
 
 def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):

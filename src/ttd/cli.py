@@ -516,19 +516,21 @@ def _method_label(args, model) -> str:
 
 
 def _resolve_protocol(args, dataset: str | None = None, extra: dict | None = None):
+    from .models.weights import default_readout, recommended_protocol
     from .protocols import load_protocol, parse_overrides
-
-    from .models.weights import recommended_protocol
 
     overrides = {**(extra or {}), **parse_overrides(args.overrides)}
     recommended = None if args.protocol else recommended_protocol(args.model)
+    if recommended:  # the model's own way of showing caption maps comes with its protocol; --set still wins
+        overrides = {"caption_normalize": default_readout(args.model)[1], **overrides}
     name = args.protocol or recommended or args.protocol_default
     protocol = load_protocol(name, dataset, overrides)
     if args.print_protocol:
         print(protocol.to_yaml(), end="")
     else:
         why = "given" if args.protocol else f"recommended for {args.model}" if recommended else "the default; --protocol to change"
-        print(f"protocol: {protocol.name} ({why})")
+        scale = "; caption maps min-max normalised per image" if protocol.caption_normalize == "minmax" else ""
+        print(f"protocol: {protocol.name} ({why}{scale})")
     return protocol
 
 

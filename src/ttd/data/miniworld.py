@@ -539,11 +539,8 @@ def _augment_shape(rng: np.random.Generator, cut: np.ndarray) -> np.ndarray:
         share = rng.uniform(0.1, 0.3)
         eh, ew = max(1, round(h * np.sqrt(share))), max(1, round(w * np.sqrt(share)))
         y, x = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
-        erased = out[..., 3].copy()
-        erased[y : y + eh, x : x + ew] = 0
-        if erased.any():
-            out = out.copy()
-            out[..., 3] = erased
+        if out[..., 3].sum() > out[y : y + eh, x : x + ew, 3].sum():  # never the whole object
+            out[y : y + eh, x : x + ew, 3] = 0  # ``out`` is this function's own array
     return out
 
 

@@ -291,9 +291,11 @@ def _add_data(sub) -> None:
 def _add_data_miniworld(sub) -> None:
     p = sub.add_parser(
         "miniworld",
-        help="build the offline mini-world (clip-art composites, captions, masks)",
-        description="Build the mini-world from Debian's openclipart-png (apt-get install -y openclipart-png): "
-        "WebDataset shards, JSONL manifests, caption/tag masks and a segmentation set. Same seed, same bytes.",
+        help="build the offline mini-world (emoji or clip-art composites, captions, masks)",
+        description="Build the mini-world: mini-world II (default) from eight iconify emoji sets "
+        "(`npm pack @iconify-json/NAME` into --emoji DIR, docs/miniworld.md), two styles held out for test/; "
+        "mini-world I (--vocabulary openclipart) from Debian's openclipart-png. WebDataset shards, JSONL "
+        "manifests, caption/tag masks and a segmentation set. Same seed, same bytes.",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (must be empty, or see --overwrite)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -301,9 +303,9 @@ def _add_data_miniworld(sub) -> None:
     p.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
     p.add_argument(
         "--test", type=int, default=1000,
-        help="images of each test split, test/ (held-out clip art) and test-seen/ (default 1000)",
+        help="images of each test split, test/ (held-out styles or drawings) and test-seen/ (default 1000)",
     )  # fmt: skip
-    p.add_argument("--size", type=int, default=64, help="image side in pixels, 32-512 (default 64)")
+    p.add_argument("--size", type=int, default=96, help="image side in pixels, 32-512 (default 96)")
     p.add_argument("--objects", default="1-3", help="objects per image: N or MIN-MAX, at most 3 (default 1-3)")
     p.add_argument(
         "--scale", default="0.45-0.9", help="size of a lone object, √(box area) / image side, MIN-MAX (default 0.45-0.9)"
@@ -312,8 +314,17 @@ def _add_data_miniworld(sub) -> None:
         "--max-occlusion", type=float, default=0.3, help="share of an object a later one may hide (default 0.3)"
     )
     p.add_argument("--nouns", default=None, help="comma-separated subset of the vocabulary (default: all)")
+    p.add_argument("--emoji", type=Path, default=None, help="folder of the iconify emoji sets (npm pack archives or icons.json files)")
     p.add_argument("--source", type=Path, default=None, help="clip-art root (default /usr/share/openclipart/png)")
-    p.add_argument("--vocabulary", type=Path, default=None, help="vocabulary JSON (default: the committed one)")
+    p.add_argument(
+        "--vocabulary", default=None,
+        help="committed vocabulary (emoji: mini-world II, the default; openclipart: mini-world I) or a JSON file",
+    )  # fmt: skip
+    p.add_argument(
+        "--heldout-styles", default=None,
+        help="comma-separated styles only test/ draws (default: the vocabulary's, twemoji,openmoji for emoji); "
+        "'none' holds out drawings instead",
+    )  # fmt: skip
     p.add_argument("--shard-size", type=int, default=10000, help="samples per WebDataset shard (default 10000)")
     p.add_argument(
         "--train-masks",
@@ -336,7 +347,7 @@ def _add_data_miniworld(sub) -> None:
 
 
 def _run_data_miniworld(args) -> int:
-    from .data.miniworld import DEFAULT_SOURCE, MiniWorldConfig, build_miniworld, parse_objects, parse_scale
+    from .data.miniworld import DEFAULT_SOURCE, MiniWorldConfig, build_miniworld, parse_objects, parse_scale, parse_styles
 
     lo, hi = parse_objects(args.objects)
     config = MiniWorldConfig(
@@ -354,12 +365,14 @@ def _run_data_miniworld(args) -> int:
         train_masks=args.train_masks,
         augment=args.augment,
         shape_augment=args.shape_augment,
+        heldout_styles=parse_styles(args.heldout_styles),
     )
     with _output_lock(args.out, args):
         summary = build_miniworld(
             args.out,
             config,
             source=args.source or DEFAULT_SOURCE,
+            emoji=args.emoji,
             vocabulary=args.vocabulary,
             workers=args.workers,
             overwrite=args.overwrite,

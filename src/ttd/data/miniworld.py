@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +41,13 @@ from PIL import Image
 from ..errors import TTDError
 from ..io import asset, atomic_write_bytes, save_json
 from ..locks import LOCK_NAME
+from .drawings import CLIPART_STYLE, NPM_HINT, drawing_style, find_icon_sets
 from .manifest import write_manifest
 from .textures import random_texture
 
 __all__ = [
     "DEFAULT_SOURCE",
+    "VOCABULARIES",
     "MiniWorldConfig",
     "Noun",
     "CaptionGrammar",
@@ -60,13 +62,17 @@ __all__ = [
 
 DEFAULT_SOURCE = Path("/usr/share/openclipart/png")
 ASSETS = asset("miniworld")
+# the committed vocabularies by name: mini-world II (emoji styles, the default) and mini-world I (clip art)
+VOCABULARIES = {"emoji": "vocabulary-emoji.json", "openclipart": "vocabulary.json"}
+DEFAULT_VOCABULARY = "emoji"
 INSTALL_HINT = "install it with `apt-get install -y openclipart-png` or pass --source"
 PLACEMENT_TRIES = 30
 HELDOUT_SHARE = 0.25  # of each noun's clip-art files, never seen in training (at least one per noun)
 TEST_OBJECTS = (2, 4)  # objects per test image
+RENDER_SCALE = 2  # emoji are rasterised at twice the cut-out size, then downsampled (smoother edges)
 TEST_REPEAT = 0.35  # probability that a test image shows one noun twice (named by its plural)
 MASK_VALUE = 1  # manifest masks: non-zero = foreground (255 would mean "ignore")
-FORMAT = "ttd-miniworld/2"
+FORMAT = "ttd-miniworld/3"
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class MiniWorldConfig:
     train: int = 10000
     val: int = 1000
     test: int = 1000  # images of each held-out test split (test/ and test-seen/)
-    size: int = 64
+    size: int = 96
     min_objects: int = 1
     max_objects: int = 3
     scale: tuple[float, float] = (0.45, 0.9)  # √(box area) / image side of a lone object; × k^-0.4 for k objects
@@ -88,6 +94,7 @@ class MiniWorldConfig:
     jpeg_quality: int = 90
     augment: bool = True  # recolour, rotate and stretch training cut-outs (train and val splits)
     shape_augment: bool = False  # also repaint, blur and partly erase them (:func:`_augment_shape`)
+    heldout_styles: tuple[str, ...] | None = None  # styles only test/ draws; None: the vocabulary's, (): by instance
 
     def validate(self, max_caption_objects: int) -> None:
         if self.seed < 0:
@@ -124,6 +131,14 @@ def parse_scale(text: str) -> tuple[float, float]:
     return _parse_range(text, float, "--scale", "MIN-MAX, e.g. 0.45-0.9")
 
 
+def parse_styles(text: str | None) -> tuple[str, ...] | None:
+    """``"twemoji,openmoji"`` → the two styles; ``"none"`` → () (hold out drawings); None → None."""
+    if text is None:
+        return None
+    styles = tuple(s.strip() for s in str(text).split(",") if s.strip())
+    return () if styles in ((), ("none",)) else styles
+
+
 def _parse_range(text: str, kind, option: str, expected: str):
     parts = str(text).split("-")
     try:
@@ -140,12 +155,12 @@ class Split:
     """How one split is drawn: its seed entry, which clip-art files, which scenes and captions.
 
     ``test`` and ``test-seen`` share seeds and composition rules: the same scenes, with held-out
-    clip-art files in one and training files in the other, so the two differ only in the objects'
-    instances (what a base model's generalisation to unseen drawings is measured by).
+    drawings in one and training drawings in the other, so the two differ only in the objects'
+    drawings (what a base model's generalisation to unseen styles is measured by).
     """
 
     seed: int  # the second entry of every sample's seed
-    instances: str  # "train": the training files of each noun; "heldout": the others
+    instances: str  # "train": the training drawings of each noun; "heldout": the others
     test: bool  # test composition: 2-4 objects, a noun may repeat, the held-out caption wording
 
 
@@ -169,18 +184,21 @@ WORD = re.compile(r"^[a-z]+$")
 class Noun:
     name: str
     synonyms: tuple[str, ...]
-    files: tuple[str, ...]
+    files: tuple[str, ...]  # drawing references: clip-art paths or SET:NAME emoji (:mod:`.drawings`)
 
     @property
     def words(self) -> tuple[str, ...]:
         return (self.name, *self.synonyms)
 
-    def instances(self, which: str) -> tuple[str, ...]:
-        """The clip-art files of the training split (``"train"``) or the held-out ones.
+    def instances(self, which: str, heldout_styles: Sequence[str] = ()) -> tuple[str, ...]:
+        """The drawings of the training split (``"train"``) or the held-out ones.
 
-        Held out: the ``max(1, round(25 %))`` files with the smallest SHA-256 of their path (none
+        With ``heldout_styles``: held out are the drawings of those styles (whole emoji sets).
+        Without: the ``max(1, round(25 %))`` files with the smallest SHA-256 of their path (none
         for a noun with a single file), a rule that depends on nothing but the file names.
         """
+        if heldout_styles:
+            return tuple(f for f in self.files if (drawing_style(f) in heldout_styles) == (which == "heldout"))
         if len(self.files) < 2:
             return self.files if which == "train" else ()
         ranked = sorted(self.files, key=lambda f: hashlib.sha256(f.encode()).hexdigest())
@@ -206,13 +224,27 @@ def plural(word: str) -> str:
     return word + "s"
 
 
+def vocabulary_path(name_or_path: str | Path | None = None) -> Path:
+    """A committed vocabulary by name (``emoji``, the default; ``openclipart``) or a JSON file."""
+    name = str(name_or_path) if name_or_path else DEFAULT_VOCABULARY
+    return ASSETS / VOCABULARIES[name] if name in VOCABULARIES else Path(name)
+
+
+def vocabulary_heldout_styles(name_or_path: str | Path | None = None) -> tuple[str, ...]:
+    """The styles a vocabulary holds out of training by default (its ``heldout_styles``)."""
+    doc = _read_json(vocabulary_path(name_or_path), "vocabulary")
+    styles = doc.get("heldout_styles", []) if isinstance(doc, dict) else []
+    return tuple(str(s) for s in styles)
+
+
 def load_vocabulary(path: str | Path | None = None, nouns: Sequence[str] | None = None) -> list[Noun]:
-    """The committed noun vocabulary (or ``path``), optionally restricted to ``nouns``.
+    """A committed vocabulary (by name, see :data:`VOCABULARIES`) or a JSON file, optionally
+    restricted to ``nouns``.
 
     Every noun and synonym is one lower-case word, used by one noun only, so a caption word names
     at most one class.
     """
-    path = Path(path) if path else ASSETS / "vocabulary.json"
+    path = vocabulary_path(path)
     doc = _read_json(path, "vocabulary")
     entries = doc.get("nouns") if isinstance(doc, dict) else None
     if not isinstance(entries, dict) or not entries:
@@ -346,43 +378,90 @@ def _read_json(path: Path, what: str):
         raise TTDError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
-# ----------------------------------------------------------------------------- clip-art cut-outs
+# ----------------------------------------------------------------------------- drawings as cut-outs
 class ClipArt:
-    """Cut-outs of the vocabulary's files: RGBA, cropped to the alpha box, longer side ≤ ``max_side``.
+    """Cut-outs of the vocabulary's drawings: RGBA, cropped to the alpha box, longer side ≤ ``max_side``.
 
-    Loaded lazily and cached per process (decoding the large source PNGs dominates otherwise).
+    ``source``: the clip-art folder (drawings given as paths); ``emoji``: a folder of iconify sets
+    (drawings given as ``SET:NAME``). ``heldout_styles``: the styles only the test split draws (see
+    :meth:`Noun.instances`). Every cut-out is made once, here, so a build checks all its drawings
+    before writing anything and worker processes receive them ready (rasterising SVGs and decoding
+    the large clip-art PNGs would dominate otherwise).
     """
 
-    def __init__(self, source: str | Path, vocabulary: Sequence[Noun], max_side: int):
-        self.source = Path(source)
-        if not self.source.is_dir():
-            raise TTDError(f"clip-art source folder not found: {self.source}; {INSTALL_HINT}")
-        for noun in vocabulary:
-            for f in noun.files:
-                if not (self.source / f).is_file():
-                    raise TTDError(f"clip-art file of {noun.name!r} not found: {self.source / f}; {INSTALL_HINT}")
+    def __init__(
+        self,
+        source: str | Path | None,
+        vocabulary: Sequence[Noun],
+        max_side: int,
+        emoji: str | Path | None = None,
+        heldout_styles: Sequence[str] = (),
+    ):
         self.vocabulary = list(vocabulary)
         self.max_side = max_side
-        self._cache: dict[tuple[int, int], np.ndarray] = {}
+        self.heldout_styles = tuple(heldout_styles)
+        refs = [f for noun in self.vocabulary for f in noun.files]
+        styles = {drawing_style(f) for f in refs}
+        unknown = set(self.heldout_styles) - styles
+        if unknown:
+            raise TTDError(f"held-out style(s) {', '.join(sorted(unknown))} draw no noun in use; "
+                           f"the vocabulary's styles: {', '.join(sorted(styles))}")
+        if self.heldout_styles and styles <= set(self.heldout_styles):
+            raise TTDError("every style is held out: no drawing is left for training; hold out fewer styles")
+        self.info: dict[str, dict] = {}  # reference → style, name, licence (recorded in build.json)
+        self._cutouts: dict[str, np.ndarray] = {}
+        if CLIPART_STYLE in styles:
+            self._load_clipart(Path(source) if source else DEFAULT_SOURCE, [f for f in refs if drawing_style(f) == CLIPART_STYLE])
+        if styles - {CLIPART_STYLE}:
+            self._load_emoji(emoji, [f for f in refs if drawing_style(f) != CLIPART_STYLE])
 
-    def cutout(self, noun: int, index: int) -> np.ndarray:
-        key = (noun, index)
-        if key not in self._cache:
-            self._cache[key] = self._load(self.source / self.vocabulary[noun].files[index])
-        return self._cache[key]
+    def instances(self, noun: int, which: str) -> tuple[str, ...]:
+        return self.vocabulary[noun].instances(which, self.heldout_styles)
 
-    def _load(self, path: Path) -> np.ndarray:
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGBA")
-        except (OSError, Image.DecompressionBombError) as err:
-            raise TTDError(f"cannot read clip-art {path}: {err}") from None
+    def cutout(self, ref: str) -> np.ndarray:
+        return self._cutouts[ref]
+
+    def _load_clipart(self, source: Path, refs: list[str]) -> None:
+        if not source.is_dir():
+            raise TTDError(f"clip-art source folder not found: {source}; {INSTALL_HINT}")
+        for ref in refs:
+            path = source / ref
+            if not path.is_file():
+                raise TTDError(f"clip-art file not found: {path}; {INSTALL_HINT}")
+            try:
+                with Image.open(path) as im:
+                    rgba = np.asarray(im.convert("RGBA"))
+            except (OSError, Image.DecompressionBombError) as err:
+                raise TTDError(f"cannot read clip-art {path}: {err}") from None
+            self._cutouts[ref] = self._crop(rgba, ref)
+            self.info[ref] = {"style": CLIPART_STYLE, "name": ref, "licence": "public domain (openclipart-png)"}
+
+    def _load_emoji(self, folder: str | Path | None, refs: list[str]) -> None:
+        wanted = {drawing_style(f) for f in refs}
+        if folder is None:
+            raise TTDError(f"the vocabulary draws emoji ({', '.join(sorted(wanted))}): pass --emoji DIR, "
+                           f"the folder of their iconify sets; {NPM_HINT}")
+        sets = find_icon_sets(folder, wanted)
+        missing = sorted(wanted - set(sets))
+        if missing:
+            commands = " && ".join(f"npm pack @iconify-json/{m}" for m in missing)
+            raise TTDError(f"emoji set(s) {', '.join(missing)} not found under {folder}; run `{commands}` there")
+        for ref in refs:
+            prefix, name = ref.split(":", 1)
+            icons = sets[prefix]
+            rgba = icons.render(name, self.max_side * RENDER_SCALE)
+            self._cutouts[ref] = self._crop(rgba, ref)
+            licence = icons.licence.get("spdx") or icons.licence.get("title") or "see the set's package"
+            self.info[ref] = {"style": prefix, "name": name, "licence": licence,
+                              "author": icons.author.get("name", ""), "package": f"@iconify-json/{prefix}" + (f"@{icons.version}" if icons.version else "")}
+
+    def _crop(self, rgba: np.ndarray, ref: str) -> np.ndarray:
+        im = Image.fromarray(np.ascontiguousarray(rgba), "RGBA")
         box = im.getchannel("A").getbbox()
         if box is None:
-            raise TTDError(f"clip-art {path} is fully transparent; remove it from the vocabulary")
+            raise TTDError(f"drawing {ref} is fully transparent; remove it from the vocabulary")
         im = im.crop(box)
-        longer = max(im.size)
-        if longer > self.max_side:
+        if max(im.size) > self.max_side:
             im = im.resize(_fit(im.size, self.max_side), Image.LANCZOS)
         return np.asarray(im)
 
@@ -430,7 +509,7 @@ def compose_scene(
     composition are augmented when ``config.augment`` (:func:`_augment`).
     """
     size, vocabulary = config.size, clipart.vocabulary
-    usable = [n for n in range(len(vocabulary)) if vocabulary[n].instances(split.instances)]
+    usable = [n for n in range(len(vocabulary)) if clipart.instances(n, split.instances)]
     lo, hi = TEST_OBJECTS if split.test else (config.min_objects, config.max_objects)
     k = min(int(rng.integers(lo, hi + 1)), len(usable))
     repeat = split.test and k >= 2 and rng.random() < TEST_REPEAT
@@ -440,11 +519,11 @@ def compose_scene(
     background, canvas = random_texture(rng, size)
     objects: list[PlacedObject] = []
     for noun in nouns:
-        pool = vocabulary[noun].instances(split.instances)
+        pool = clipart.instances(noun, split.instances)
         files = [f for f in pool if not any(o.file == f for o in objects)] or pool
         file = files[int(rng.integers(len(files)))]
         flip = bool(rng.random() < 0.5)
-        cut = clipart.cutout(noun, vocabulary[noun].files.index(file))
+        cut = clipart.cutout(file)
         if flip:
             cut = cut[:, ::-1]
         if config.augment and not split.test:
@@ -599,9 +678,9 @@ class _Sample:
 _WORKER: dict = {}
 
 
-def _init_worker(source, vocabulary, grammars, config) -> None:
+def _init_worker(clipart, grammars, config) -> None:
     """``grammars``: the training and the held-out caption grammar (test splits)."""
-    _WORKER.update(clipart=ClipArt(source, vocabulary, config.size), grammars=grammars, config=config)
+    _WORKER.update(clipart=clipart, grammars=grammars, config=config)
 
 
 def _render(job: tuple[str, int]) -> _Sample:
@@ -621,6 +700,7 @@ def _render(job: tuple[str, int]) -> _Sample:
                 "word": o.word,
                 "class_id": o.noun + 1,
                 "file": o.file,
+                "style": drawing_style(o.file),
                 "box": list(o.box),
                 "flip": o.flip,
                 "visible": round(float(o.mask.sum() / max(o.solid.sum(), 1)), 4),
@@ -769,11 +849,15 @@ def build_miniworld(
     workers: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    emoji: str | Path | None = None,
 ) -> dict:
     """Build the mini-world into ``out`` and return a summary (counts, seconds, images/s).
 
-    ``workers`` > 1 renders in that many processes; the bytes written do not depend on it.
-    ``build.json`` is written last: its presence marks a complete build.
+    ``vocabulary``: a committed vocabulary by name (``emoji``, the default: mini-world II, whose
+    drawings come from the iconify sets in the ``emoji`` folder; ``openclipart``: mini-world I,
+    from the clip-art folder ``source``) or a JSON file. ``workers`` > 1 renders in that many
+    processes; the bytes written do not depend on it. ``build.json`` is written last: its presence
+    marks a complete build.
     """
     out = Path(out)
     nouns = load_vocabulary(vocabulary, config.nouns)
@@ -790,11 +874,13 @@ def build_miniworld(
         raise TTDError(f"--objects asks for at least {config.min_objects} distinct nouns but only {len(nouns)} are in use")
     if len(nouns) > 254:
         raise TTDError(f"{len(nouns)} nouns do not fit uint8 class ids (at most 254); pass --nouns")
-    ClipArt(source, nouns, config.size)  # checks the source before anything is written
+    if config.heldout_styles is None:
+        config = replace(config, heldout_styles=vocabulary_heldout_styles(vocabulary))
+    clipart = ClipArt(source, nouns, config.size, emoji, config.heldout_styles)  # every drawing, before writing
     _clear(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
 
-    init = (str(source), nouns, (caption_grammar, heldout_grammar), config)
+    init = (clipart, (caption_grammar, heldout_grammar), config)
     start = time.perf_counter()
     for split in SPLITS:
         _write_split(out, split, _split_size(config, split), init, config, workers, progress)
@@ -803,7 +889,7 @@ def build_miniworld(
         if (out / "seg" / split / "images").is_dir():
             atomic_write_bytes(out / "seg" / split / "classes.txt", _classes_txt(nouns).encode())
 
-    vocab_path = Path(vocabulary) if vocabulary else ASSETS / "vocabulary.json"
+    vocab_path = vocabulary_path(vocabulary)
     grammar_path = Path(grammar) if grammar else ASSETS / "captions.json"
     build = {
         "format": FORMAT,
@@ -813,26 +899,38 @@ def build_miniworld(
         "grammar_sha256": hashlib.sha256(grammar_path.read_bytes()).hexdigest(),
         "nouns": [n.name for n in nouns],
         "splits": {split: _split_size(config, split) for split in SPLITS},
-        "heldout_files": {n.name: list(n.instances("heldout")) for n in nouns},
+        "heldout_styles": list(config.heldout_styles),
+        "heldout_files": {n.name: list(clipart.instances(i, "heldout")) for i, n in enumerate(nouns)},
+        "drawings": {ref: clipart.info[ref] for n in nouns for ref in n.files},
     }
-    atomic_write_bytes(out / "README.txt", _readme(config, nouns).encode())
+    atomic_write_bytes(out / "README.txt", _readme(config, nouns, clipart.info).encode())
     save_json(build, out / "build.json")
     total = sum(_split_size(config, split) for split in SPLITS)
     rate = total / max(seconds, 1e-9)
     return {"out": str(out), "images": total, "seconds": seconds, "images_per_s": rate, "nouns": len(nouns)}
 
 
-def _readme(config: MiniWorldConfig, nouns: Sequence[Noun]) -> str:
+def _readme(config: MiniWorldConfig, nouns: Sequence[Noun], info: dict[str, dict]) -> str:
     mask_splits = "every split" if config.train_masks else "every split but train (built with --no-train-masks)"
     changes = [*(["recoloured, rotated, stretched"] if config.augment else []),
                *(["repainted, blurred, partly erased"] if config.shape_augment else [])]  # fmt: skip
     augment = f"augmented cut-outs ({'; '.join(changes)})" if changes else "unaugmented cut-outs"
+    if config.heldout_styles:
+        heldout = f"drawings of the held-out styles {', '.join(config.heldout_styles)} (in no training image)"
+        seen = "drawings of the training styles"
+    else:
+        heldout, seen = "each noun's held-out drawings (never in train or val)", "training drawings"
+    credits: dict[tuple[str, str, str], None] = {}
+    for ref in (f for n in nouns for f in n.files):
+        d = info[ref]
+        credits[(d["style"], d.get("author", ""), d["licence"])] = None
+    credit_lines = "".join(f"  {style}: {author + ', ' if author else ''}{licence}\n" for style, author, licence in credits)
     return f"""TTD mini-world ({FORMAT}), built by `ttd data miniworld` (docs/miniworld.md).
 {config.train} training and {config.val} validation images ({config.min_objects}-{config.max_objects} objects,
-{augment}, the training share of each noun's clip-art files), and {config.test} test images twice:
-test/ draws only each noun's held-out clip-art files (never in train or val), test-seen/ the same
-scenes with training files; both with {TEST_OBJECTS[0]}-{TEST_OBJECTS[1]} objects, a noun sometimes shown twice and
-named by its plural, and the caption wording of the grammar's 'heldout' section.
+{augment}, the training drawings of each noun), and {config.test} test images twice:
+test/ draws only {heldout}, test-seen/ the same scenes with {seen};
+both with {TEST_OBJECTS[0]}-{TEST_OBJECTS[1]} objects, a noun sometimes shown twice and named by its plural, and the
+caption wording of the grammar's 'heldout' section.
 {config.size}x{config.size} pixels, {len(nouns)} nouns, seed {config.seed}. Same options and software versions give the same bytes.
 
 train/, val/, test/ and test-seen/
@@ -850,8 +948,9 @@ seg/SPLIT/              open-vocabulary segmentation set of each split, generic 
   masks/KEY.png         uint8 class ids: 0 = background, i = line i of classes.txt (255 = ignore, unused)
   classes.txt           one class per line from index 0 = background; synonyms comma-separated
 Masks and seg/ are written for {mask_splits}.
-build.json              the options, the clip-art source, digests of the vocabulary and grammar, and
-                        the held-out clip-art files of each noun.
+build.json              the options, the drawings' source, digests of the vocabulary and grammar, the
+                        held-out drawings of each noun, and every drawing's style, name and licence.
 
-Clip art: Debian package openclipart-png (public domain). Backgrounds and captions: generated.
+Drawings (style: author, licence; each image is a derived work of the drawings it shows):
+{credit_lines}Backgrounds and captions: generated.
 """

@@ -256,9 +256,11 @@ def _add_pretrain(sub) -> None:
 
     p = sub.add_parser(
         "pretrain",
-        help="CLIP contrastive pretraining from random weights (InfoNCE) on the same data formats",
-        description="Trains every weight of a randomly initialised CLIP with InfoNCE over the global batch; "
-        "same data, config, checkpoints and torchrun support as `ttd train`. Writes OUT/model.safetensors.",
+        help="pretraining: a CLIP from random weights (InfoNCE), or TCL's masker on a frozen CLIP (--objective tcl)",
+        description="--objective infonce (default) trains every weight of a randomly initialised CLIP with InfoNCE "
+        "over the global batch and writes OUT/model.safetensors; --objective tcl --dense tcl --init CLIP trains TCL's "
+        "masker from captions alone on that frozen CLIP and writes OUT/tcl.pth in the layout of TCL's released "
+        "checkpoint. Same data, config, checkpoints and torchrun support as `ttd train`.",
     )
     p.add_argument("--clip-config", default=None, help="YAML/JSON file of CLIPConfig fields (default: ViT-B/16)")
     _add_run_flags(p, skip=TTD_ONLY)
@@ -277,7 +279,7 @@ def _run_pretrain(args) -> int:
     if result.stopped_early:
         print(f"stopped at step {result.step}/{config.steps}; continue with: ttd pretrain --out {config.out} --resume")
     else:
-        print(f"weights: {config.out}/model.safetensors")
+        print(f"weights: {config.out}/{'tcl.pth' if config.objective == 'tcl' else 'model.safetensors'}")
     return 0
 
 

@@ -26,7 +26,8 @@ TTD_ONLY = (
     "lora_targets", "lora_towers", "train_calibration", "calibration_lr",
 )
 # keys that mean nothing to `ttd train` (the auxiliary dense objective of pretraining)
-PRETRAIN_ONLY = ("dense_weight", "dense_classes", "init")
+PRETRAIN_ONLY = ("objective", "dense_weight", "dense_classes", "init", "tcl_weight", "area_weight", "tv_weight",
+                 "decoder_only_steps", "masker_layers")
 # old names in the config.yaml of runs saved before the knobs took one name each, so they resume
 _RENAMED = {"score_norm": "normalize", "tag_template": "template"}
 
@@ -89,6 +90,16 @@ class TrainConfig:
     calibration_lr: float | None = _opt(
         None, "peak learning rate of the calibration w, b (default: lr); Adam moves each scalar by about lr per step"
     )
+    # pretraining only
+    objective: str = _opt(
+        "infonce", "pretrain: infonce (CLIP's contrastive loss, every weight trained) or tcl (TCL's objective: "
+        "its masker trained from captions on the frozen CLIP of --init, --dense tcl)", ("infonce", "tcl"),
+    )
+    tcl_weight: float = _opt(0.1, "pretrain, tcl: weight of TCL's image- and feature-level contrastive losses")
+    area_weight: float = _opt(0.4, "pretrain, tcl: weight of TCL's area prior")
+    tv_weight: float = _opt(1.0, "pretrain, tcl: weight of TCL's total-variation smoothness terms")
+    decoder_only_steps: int = _opt(0, "pretrain, tcl: first steps that train the masker's decoder alone (TCL's UST phase)")
+    masker_layers: int = _opt(2, "pretrain, tcl: ×2 upsampling stages of a new masker's decoder (TCL: 2, maps at 4× the patch grid)")
     # pretraining only: auxiliary dense objective from object masks (ttd.method.objectives.DenseLabelObjective)
     dense_weight: float = _opt(0.0, "pretrain: weight of the per-patch class loss on the shards' object masks (0: plain InfoNCE)")
     dense_classes: str = _opt("", "pretrain: classes.txt naming the masks' class ids (default: the mini-world vocabulary)")
@@ -107,7 +118,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "image_size", "log_every", "save_every", "keep_checkpoints", "shuffle_buffer"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TTDError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("workers", "warmup_steps", "weight_decay", "grad_clip", "distill_weight", "tag_weight", "dense_weight"):
+        for name in ("workers", "warmup_steps", "weight_decay", "grad_clip", "distill_weight", "tag_weight", "dense_weight",
+                     "tcl_weight", "area_weight", "tv_weight", "decoder_only_steps"):
             if getattr(self, name) < 0:
                 raise TTDError(f"{name} must not be negative, got {getattr(self, name)}")
         for name in ("lr", "calibration_lr"):
@@ -119,6 +131,11 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise TTDError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.masker_layers < 1:
+            raise TTDError(f"masker_layers must be at least 1, got {self.masker_layers}")
+        if self.objective == "tcl" and (self.dense != "tcl" or not self.init):
+            raise TTDError("the tcl objective trains TCL's masker on a frozen CLIP: pass --dense tcl and --init with "
+                           "CLIP weights (e.g. a `ttd pretrain` InfoNCE run's model.safetensors)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise TTDError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         for f in dataclasses.fields(self):

@@ -128,9 +128,12 @@ class Trainer:
         self.model.base_fingerprint = base_fingerprint(self.model)
         if config.finetune == "lora":
             inject_lora(self.model, config.lora_config())
-        self.names = set_trainable(self.model, config.finetune, config.train_calibration)
         if hasattr(objective, "prepare"):
             objective.prepare(self.model)  # before any update, and before a checkpoint loads
+        if hasattr(objective, "trainable"):  # an objective that trains its own part of the model (TCL's masker)
+            self.names = objective.trainable(self.model)
+        else:
+            self.names = set_trainable(self.model, config.finetune, config.train_calibration)
         named = dict(self.model.named_parameters())
         self.params = [named[n] for n in self.names]
         if self.dist.active:
@@ -321,6 +324,8 @@ class Trainer:
                 batch = next(batches)
                 n = len(batch)
                 local = torch.zeros(len(names))
+                if hasattr(self.objective, "begin_step"):
+                    self.objective.begin_step(self.step)
                 if n:
                     images = batch.images.to(self.dist.device, non_blocking=True)
                     with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -452,22 +457,28 @@ def pretrain(
     stop_after: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """CLIP contrastive pretraining from random weights: InfoNCE over the global batch, every
-    weight trained, same data formats, checkpoints and processes as :func:`train`.
+    """Pretraining with the same data formats, checkpoints and processes as :func:`train`.
 
-    ``clip_config``: the architecture (:class:`ttd.CLIPConfig`, default ViT-B/16) at
-    ``config.image_size``; a resumed run reuses the one saved in ``config.out``. With
-    ``config.init`` the run starts from those weights instead (continued pretraining, e.g. on
-    other data or augmentations), and takes their architecture. At the end
-    ``OUT/model.safetensors`` holds the CLIP weights under OpenAI's names. ``config.out`` is
-    locked against a second writer for the run.
+    ``objective: infonce`` (default): CLIP's contrastive loss from random weights, every weight
+    trained (with ``dense_weight`` > 0 plus a per-patch class loss on the shards' masks, an
+    ablation that sees masks). ``clip_config``: the architecture (:class:`ttd.CLIPConfig`, default
+    ViT-B/16) at ``config.image_size``; a resumed run reuses the one saved in ``config.out``. With
+    ``config.init`` the run starts from those weights instead (continued pretraining), and takes
+    their architecture. At the end ``OUT/model.safetensors`` holds the CLIP weights under OpenAI's
+    names.
+
+    ``objective: tcl``: TCL's objective (:mod:`ttd.method.tcl`): a new TCL masker on the frozen
+    CLIP of ``config.init``, trained from captions alone; at the end ``OUT/tcl.pth`` holds the
+    model in the layout of TCL's released checkpoint (``--model OUT/tcl.pth`` loads it).
+    ``config.out`` is locked against a second writer for the run.
     """
     from .io import save_json
     from .models import CLIPConfig, create_model, load_model
+    from .models.tcl import save_tcl
     from .models.weights import save_weights
 
     with output_lock(config.out, "pretrain", is_main_process()):
-        config = dataclasses.replace(config, finetune="full")
+        config = dataclasses.replace(config, finetune="full").validate()  # a bad setting is named before weights load
         saved_arch = Path(config.out) / "clip_config.json"
         if resume and saved_arch.is_file():
             saved = CLIPConfig.from_file(saved_arch)
@@ -485,14 +496,33 @@ def pretrain(
                 clip_config = dataclasses.replace(clip_config, image_size=config.image_size)
             seed_everything(config.seed)  # the same random initialisation in every process
             model = create_model(clip_config, dense=config.dense)
-        objective = dense_label_objective(config) if config.dense_weight > 0 else ContrastiveObjective()
+        objective = _pretraining_objective(config, model)
         trainer = Trainer(config, objective, model=model, resume=resume)
         try:
             if trainer.dist.main:
                 save_json(clip_config.to_dict(), saved_arch)
             result = trainer.fit(stop_after=stop_after, progress=progress)
             if not result.stopped_early and trainer.dist.main:
-                save_weights(trainer.model, Path(config.out) / "model.safetensors")
+                out = Path(config.out)
+                if config.objective == "tcl":
+                    scales = trainer.model.tcl_loss_scales
+                    save_tcl(trainer.model, out / "tcl.pth", {"tcli": scales.tcli, "tclf": scales.tclf})
+                else:
+                    save_weights(trainer.model, out / "model.safetensors")
             return result
         finally:
             trainer.dist.close()
+
+
+def _pretraining_objective(config: TrainConfig, model: DenseCLIP):
+    """The objective ``config`` names; TCL's starts a new masker on a plain CLIP (``masker_layers``
+    stages) and continues the masker of a TCL checkpoint."""
+    if config.objective == "tcl":
+        from .method.tcl import TCLObjective
+        from .models.tcl import Masker, is_tcl_checkpoint
+
+        if not is_tcl_checkpoint(config.init):
+            seed_everything(config.seed)  # the same new masker in every process
+            model.masker = Masker(model.clip, n_layers=config.masker_layers).to(model.device)
+        return TCLObjective(config.tcl_weight, config.area_weight, config.tv_weight, config.decoder_only_steps)
+    return dense_label_objective(config) if config.dense_weight > 0 else ContrastiveObjective()

@@ -162,12 +162,17 @@ class ContrastiveObjective:
     def loss(model: DenseCLIP, image: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """InfoNCE of normalised image embeddings (B, C) against the captions' embeddings."""
         text = model.encode_tokens(tokenize(captions, model.config.context_length))
-        all_image, offset = gather_with_grad(image)
-        all_text, _ = gather_with_grad(text)
         scale = model.clip.logit_scale.exp().clamp(max=100)
-        labels = torch.arange(offset, offset + image.shape[0], device=image.device)
-        loss = (F.cross_entropy(scale * image @ all_text.T, labels) + F.cross_entropy(scale * text @ all_image.T, labels)) / 2
-        return loss, {"logit_scale": scale.detach()}
+        return symmetric_infonce(image, text, scale), {"logit_scale": scale.detach()}
+
+
+def symmetric_infonce(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's loss for normalised pairs (B, C): each image against every process's texts and each
+    text against every process's images, at logit scale ``scale``."""
+    all_image, offset = gather_with_grad(image)
+    all_text, _ = gather_with_grad(text)
+    labels = torch.arange(offset, offset + image.shape[0], device=image.device)
+    return (F.cross_entropy(scale * image @ all_text.T, labels) + F.cross_entropy(scale * text @ all_image.T, labels)) / 2
 
 
 def patch_labels(labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -25,6 +25,9 @@ it (see :func:`read_checkpoint`).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import io
+import json
 import math
 import pickle
 import zipfile
@@ -36,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TTDError
-from .clip import CLIP, config_from_state_dict
+from ..io import atomic_write_bytes
+from .clip import CLIP, CLIPConfig, config_from_state_dict
 from .dense import DenseCLIP, HeatmapCalibration
 from .torchscript import _archive_root, _ArchiveUnpickler, _RefusedGlobal
 from .weights import (
@@ -50,7 +54,8 @@ from .weights import (
     load_weights,
 )
 
-__all__ = ["TCL", "GatedDecoder", "is_tcl_checkpoint", "load_tcl", "read_checkpoint", "DEFAULT_TCL_CLIP"]
+__all__ = ["TCL", "GatedDecoder", "is_tcl_checkpoint", "load_tcl", "save_tcl", "tcl_state_dict", "read_checkpoint",
+           "self_attending", "DEFAULT_TCL_CLIP"]
 
 # TCL builds its towers with ``clip.load("ViT-B/16")``: OpenAI's file in clip's cache when there,
 # else the same weights as ttd names them.
@@ -68,6 +73,7 @@ _MASKER_BLOCK = _MASKER + "backbone.transformer.resblocks."
 # (a buffer-holding module TCL creates on its first evaluation with PAMR).
 _LOSS_KEYS = ("tcli_loss.logit_scale", "tclf_loss.logit_scale")
 _PAMR = "pamr."
+TTD_ENTRY = "ttd"  # what save_tcl adds beside "model": the CLIP configuration
 
 
 # --- the masker --------------------------------------------------------------------------------
@@ -177,12 +183,20 @@ class Masker(nn.Module):
         self.image_proj = PixelProjection(visual.ln_post, visual.proj)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        block = self.backbone
-        _, _, v = block.attn.qkv(block.ln_1(x))
-        x = x + block.attn.project_out(v)  # self-only attention: each token's own value
-        x = x + block.mlp(block.ln_2(x))
-        patches = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
+        return self.decode(self_attending(self.backbone, x), grid)
+
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The backbone's output tokens → the embedding map (TCL trains this part alone first)."""
+        patches = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
         return self.image_proj(self.decoder(patches))
+
+
+def self_attending(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A transformer block run as TCL runs MaskCLIP's trick: every token attends only to itself
+    (the attention output is ``out_proj(v(ln_1 x))``), residual and MLP kept."""
+    _, _, v = block.attn.qkv(block.ln_1(x))
+    x = x + block.attn.project_out(v)
+    return x + block.mlp(block.ln_2(x))
 
 
 class TCL(DenseCLIP):
@@ -206,7 +220,7 @@ class TCL(DenseCLIP):
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         visual = self.clip.visual
         x, grid = visual.trunk(images)
-        global_emb = visual.project(visual.last_block(x)[:, 0])
+        global_emb = visual.pooled(visual.last_block(x))
         return F.normalize(global_emb, dim=-1), F.normalize(self.masker(x, grid), dim=1)
 
     def fingerprint_tensors(self) -> list[torch.Tensor]:
@@ -358,8 +372,10 @@ def load_tcl(
     path = Path(path).expanduser()
     if not path.is_file():
         raise TTDError(f"no such TCL checkpoint: {path}")
-    state = _state_dict(read_checkpoint(path), path)
+    checkpoint = read_checkpoint(path)
+    state = _state_dict(checkpoint, path)
     clip_sd, masker_sd, calibration = _split(state, path)
+    saved_config = _ttd_clip_config(checkpoint, path)
     source = str(path)
     has_image = any(k.startswith("visual.") for k in clip_sd)
     has_text = any(not k.startswith("visual.") for k in clip_sd)
@@ -370,7 +386,9 @@ def load_tcl(
     if has_image:
         clip_sd.setdefault("logit_scale", torch.tensor(OPENAI_LOGIT_SCALE))
         try:
-            config = config_from_state_dict(clip_sd, quick_gelu=quick)
+            config = saved_config or config_from_state_dict(clip_sd, quick_gelu=quick)
+            if saved_config is not None and quick_gelu is not None:
+                config = dataclasses.replace(config, quick_gelu=quick_gelu)
         except (KeyError, ValueError) as err:
             raise TTDError(f"{path} holds incomplete CLIP towers ({_first_line(err)})") from None
         _check_architecture(clip_sd, config, source)
@@ -390,6 +408,52 @@ def load_tcl(
         raise TTDError(f"{path} does not match TCL's layout: missing masker.sim2mask.{'w' if 'weight' in missing else 'b'}")
     model = TCL(clip_model, HeatmapCalibration(float(calibration["weight"]), float(calibration["bias"])), source, masker)
     return model.eval()
+
+
+def _ttd_clip_config(checkpoint, path: Path) -> CLIPConfig | None:
+    """The architecture a file written by :func:`save_tcl` records (what its tensors cannot tell,
+    e.g. the pooling of the global embedding); None for TCL's own files."""
+    entry = checkpoint.get(TTD_ENTRY) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("clip_config"), str):
+        return None
+    try:
+        return CLIPConfig(**json.loads(entry["clip_config"]))
+    except (TypeError, ValueError) as err:
+        raise TTDError(f"{path}: its recorded CLIP configuration cannot be read ({_first_line(err)})") from None
+
+
+def tcl_state_dict(model: TCL, loss_scales: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The model's tensors under TCL's own key names (the inverse of what :func:`load_tcl` reads);
+    ``loss_scales``: TCL's two learned loss temperatures (``tcli``, ``tclf``), saved as TCL saves them."""
+    state = {}
+    for key, value in model.clip.state_dict().items():
+        if key == "visual.proj":
+            state[_IMAGE_PROJ + "proj"] = value
+        elif key.startswith("visual.ln_post."):
+            state[_IMAGE_PROJ + "ln." + key[len("visual.ln_post.") :]] = value
+        elif key.startswith("visual."):
+            state[_IMAGE + key[len("visual.") :]] = value
+        else:
+            state[_TEXT + key] = value
+    state.update({_tcl_name(k): v for k, v in model.masker.state_dict().items()})
+    state["masker.sim2mask.w"] = model.calibration.weight.reshape(())
+    state["masker.sim2mask.b"] = model.calibration.bias.reshape(())
+    for name, value in (loss_scales or {}).items():
+        state[f"{name}_loss.logit_scale"] = value.reshape(())
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_tcl(model: TCL, path: str | Path, loss_scales: Mapping[str, torch.Tensor] | None = None,
+             dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` as TCL writes ``tcl.pth`` (a ``torch.save`` zip with a ``model`` state dict
+    in TCL's key names), atomically, plus its CLIP configuration; :func:`load_tcl` reads it back,
+    and so does ``torch.load(weights_only=True)``. ``dtype``: e.g. float16 for a smaller file."""
+    state = tcl_state_dict(model, loss_scales)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    buffer = io.BytesIO()
+    torch.save({"model": state, TTD_ENTRY: {"clip_config": json.dumps(model.config.to_dict())}}, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _check_masker(masker: Masker, state: dict[str, torch.Tensor], path: Path) -> None:

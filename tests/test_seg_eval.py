@@ -141,6 +141,9 @@ def test_cli_eval_seg(generic, tmp_path, fake_loader, capsys):
 def test_cli_print_protocol_and_errors(tmp_path, fake_loader, capsys):
     assert ttd.cli.main(["eval", "seg", "--dataset", "ade20k", "--protocol", "ttd", "--print-protocol"]) == 0
     assert "background_threshold: 0.45" in capsys.readouterr().out
+    assert ttd.cli.main(["eval", "seg", "--dataset", "voc21", "--protocol", "tcl", "--print"]) == 0
+    printed = capsys.readouterr().out  # TCL's authors' settings, each a knob
+    assert all(k in printed for k in ("kp_weight: 0.3", "background_threshold: 0.4", "crop_size: 448", "stride: 224", "pamr: true"))
     assert ttd.cli.main(["eval", "seg", "--dataset", "voc21", "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ttd eval: error: dataset voc21: ") and "JPEGImages not found" in err and "\n" not in err

@@ -285,3 +285,45 @@ def test_ttd_trains_tcl_and_its_adapter_loads_only_onto_the_same_tcl(tmp_path):
         other.masker.backbone.attn.in_proj_weight.add_(0.1)  # another TCL on the same CLIP
     with pytest.raises(TTDError, match=r"was trained on base weights .*\(fingerprint"):
         load_adapter(other, result.adapter)
+
+
+def test_tcl_protocol_mixes_the_maskclip_map_in_after_pamr_as_tcls_authors_do(tmp_path):
+    """``--protocol tcl`` on a one-window image against a hand-written loop of TCL's generate_masks:
+    soft masks, PAMR on them, then kp_w · sigmoid(10·(cos − 0.25)) of CLIP's self-attending last block."""
+    from ttd.images import normalize
+    from ttd.protocols import load_protocol
+    from ttd.segment import Segmenter
+
+    model = load_tcl(write_tcl(tmp_path / "tcl.pth", tcl_model()))
+    protocol = load_protocol("tcl")
+    assert protocol.kp_weight == 0.3 and protocol.pamr and protocol.background_threshold == 0.40
+    torch.manual_seed(1)
+    image = torch.rand(1, 3, 448, 448)
+    segmenter = Segmenter(model, protocol, ["cat", "dog"], use_cache=False)
+    text = segmenter.query_embeddings
+    scores = segmenter.query_scores_batch(image, text, calibrated=True)
+
+    with torch.no_grad():
+        x = normalize(image, protocol.pixel_mean, protocol.pixel_std)
+        visual = model.clip.visual
+        tokens, grid = visual.trunk(x)
+        emb = F.normalize(model.masker(tokens, grid), dim=1)
+        masks = torch.sigmoid(7.0 * torch.einsum("bchw,nc->bnhw", emb, text) - 1.5)  # Sim2Mask of the file
+        block, n = visual.last_block, tokens.shape[1]
+        diagonal_only = torch.full((n, n), float("-inf")).fill_diagonal_(0.0)
+        y = block.ln_1(tokens).transpose(0, 1)
+        attn, _ = F.multi_head_attention_forward(
+            y, y, y, 64, 1, block.attn.in_proj_weight, block.attn.in_proj_bias, None, None, False, 0.0,
+            block.attn.out_proj.weight, block.attn.out_proj.bias, training=False, attn_mask=diagonal_only,
+        )
+        h = tokens + attn.transpose(0, 1)
+        h = h + block.mlp(block.ln_2(h))
+        clip_map = (visual.ln_post(h[:, 1:]) @ visual.proj).transpose(1, 2).reshape(1, -1, *grid)
+        kp = torch.sigmoid((torch.einsum("bchw,nc->bnhw", F.normalize(clip_map, dim=1), text) - 0.25) * 10.0)
+        kp = F.interpolate(kp, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        up = lambda m: F.interpolate(m, size=(448, 448), mode="bilinear", align_corners=False)  # noqa: E731
+        expected = 0.3 * up(kp) + 0.7 * segmenter._refine(image, up(masks))
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    without = Segmenter(model, protocol.replace(kp_weight=0.0), ["cat", "dog"], use_cache=False)
+    torch.testing.assert_close(without.query_scores_batch(image, text, calibrated=True), segmenter._refine(image, up(masks)),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip

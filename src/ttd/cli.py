@@ -484,7 +484,7 @@ def _add_protocol_args(p: argparse.ArgumentParser, default: str) -> None:
     p.set_defaults(protocol_default=default)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KNOB=VALUE",
                    help="override protocol knobs, e.g. --set pamr=true scales=1,0.5 (see --print-protocol)")
-    p.add_argument("--print-protocol", action="store_true", help="print the resolved protocol as YAML and exit")
+    p.add_argument("--print-protocol", "--print", action="store_true", help="print the resolved protocol as YAML and exit")
     p.add_argument("--window-batch", type=int, default=16,
                    help="windows per forward (default 16; lower it to save memory)")
 

@@ -56,6 +56,7 @@ class Protocol:
     prob_threshold: float = 0.0
     area_threshold: float | None = None
     caption_normalize: str = "none"  # "minmax": a caption map is min-max normalised per image before the threshold
+    kp_weight: float = 0.0  # TCL only: share of its frozen CLIP's MaskCLIP mask mixed into its masks, after PAMR (TCL's kp_w)
     # PAMR refinement
     pamr: bool = False
     pamr_iterations: int = 10
@@ -104,7 +105,7 @@ def _validate(p: Protocol) -> None:
         fail("scales", "need at least one positive scale")
     if len(p.pixel_mean) != 3 or len(p.pixel_std) != 3 or any(s <= 0 for s in p.pixel_std):
         fail("pixel_std" if len(p.pixel_mean) == 3 else "pixel_mean", "need 3 values, std positive")
-    for knob in ("background_threshold", "prob_threshold"):
+    for knob in ("background_threshold", "prob_threshold", "kp_weight"):
         if not 0.0 <= getattr(p, knob) <= 1.0:
             fail(knob, "must lie in [0, 1]")
     if p.area_threshold is not None and not 0.0 <= p.area_threshold <= 1.0:

@@ -165,10 +165,19 @@ class Segmenter:
             return x
         return resize_short_side(x, short, max_long, mode=p.resize_interpolation)
 
+    def _mixes_kp(self, calibrated: bool) -> bool:
+        """Whether TCL's MaskCLIP map is mixed in (protocol ``kp_weight``; TCL models only)."""
+        return calibrated and self.protocol.kp_weight > 0 and hasattr(self.model, "heatmaps_with_kp")
+
     def _score_windows(self, crops: torch.Tensor, text: torch.Tensor, calibrated: bool) -> torch.Tensor:
+        """Window scores at the crops' size; with TCL's kp mix, its masks and its MaskCLIP map
+        side by side along the query axis (2Q), mixed once PAMR has refined the masks."""
         with torch.no_grad():
-            _, dense = self.model.encode_image(crops)
-            scores = self.model.heatmap(dense, text) if calibrated else self.model.similarity(dense, text)
+            if self._mixes_kp(calibrated):
+                scores = torch.cat(self.model.heatmaps_with_kp(crops, text), dim=-3)
+            else:
+                _, dense = self.model.encode_image(crops)
+                scores = self.model.heatmap(dense, text) if calibrated else self.model.similarity(dense, text)
         return F.interpolate(scores.float(), size=crops.shape[-2:], mode="bilinear", align_corners=False)
 
     def _views(self, x: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
@@ -209,7 +218,8 @@ class Segmenter:
         tiles = [(v, box) for v, (img, _) in enumerate(views) for box in window_boxes(*img.shape[-2:], crop, stride)]
         pending = [sum(1 for v, _ in tiles if v == view) for view in range(len(views))]
         canvases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # views in progress: (sum, count)
-        queries = text.shape[-2]
+        kp = self._mixes_kp(calibrated)
+        queries = text.shape[-2] * (2 if kp else 1)
         total = None
         for group in self._batches(tiles, batch):
             crops = torch.cat([views[v][0][:, :, y1:y2, x1:x2] for v, (y1, y2, x1, x2), _ in group])
@@ -237,8 +247,13 @@ class Segmenter:
                 merged = merged.flip(-1) if views[v][1] else merged
                 total = merged if total is None else total + merged
         scores = total / len(views) if len(views) > 1 else total
+        if kp:
+            scores, kp_map = scores.chunk(2, dim=-3)
         if self.protocol.pamr and self.protocol.pamr_iterations > 0:
             scores = self._refine(x, scores)
+        if kp:  # as TCL's generate_masks: refine its masks, then mix the unrefined MaskCLIP map in
+            w = self.protocol.kp_weight
+            scores = w * kp_map + (1 - w) * scores
         return scores
 
     def _refine(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

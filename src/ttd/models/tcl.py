@@ -73,6 +73,9 @@ _MASKER_BLOCK = _MASKER + "backbone.transformer.resblocks."
 # (a buffer-holding module TCL creates on its first evaluation with PAMR).
 _LOSS_KEYS = ("tcli_loss.logit_scale", "tclf_loss.logit_scale")
 _PAMR = "pamr."
+# TCL's inference mixes kp_w of sigmoid(KP_SCALE·(cos − KP_CENTRE)) of a MaskCLIP map into its masks
+# (models/tcl/tcl.py, kp_branch; kp_w = 0.3 in configs/eval.yml): the protocol knob kp_weight
+KP_CENTRE, KP_SCALE = 0.25, 10.0
 TTD_ENTRY = "ttd"  # what save_tcl adds beside "model": the CLIP configuration
 
 
@@ -225,6 +228,19 @@ class TCL(DenseCLIP):
 
     def fingerprint_tensors(self) -> list[torch.Tensor]:
         return super().fingerprint_tensors() + [self.masker.backbone.attn.in_proj_weight]
+
+    def heatmaps_with_kp(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TCL's masks (B, N, 4h, 4w) and the map its authors mix into them at inference (their
+        ``kp_branch``), from one trunk pass: frozen CLIP's own last block run self-attending
+        (MaskCLIP's trick as TCL runs it), projected, and ``sigmoid(10·(cos − 0.25))``, upsampled
+        bilinearly to the masks' size. ``text``: (N, C) normalised embeddings."""
+        visual = self.clip.visual
+        x, grid = visual.trunk(images)
+        masks = self.heatmap(F.normalize(self.masker(x, grid), dim=1), text)
+        tokens = visual.project(self_attending(visual.last_block, x)[:, 1:])
+        dense = F.normalize(tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid), dim=1)
+        kp = torch.sigmoid((self.similarity(dense, text) - KP_CENTRE) * KP_SCALE)
+        return masks, F.interpolate(kp, size=masks.shape[-2:], mode="bilinear", align_corners=False)
 
 
 # --- reading checkpoints -----------------------------------------------------------------------

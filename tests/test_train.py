@@ -205,7 +205,7 @@ def test_objective_runs_with_either_scorer_and_empty_captions(scorer):
 
 def test_noun_tagger_as_tag_source_selects_exactly_the_nouns():
     pytest.importorskip("spacy")
-    from ttd.method.objectives import ttd_objective
+    from ttd.train import ttd_objective
 
     objective = ttd_objective(TrainConfig(data="unused", scorer="nouns"))
     batch = next(iter(_batch_of(["a dog and a cat on grass", "a red ball"])))
@@ -216,7 +216,7 @@ def test_noun_tagger_as_tag_source_selects_exactly_the_nouns():
 
 @pytest.mark.parametrize("stopwords, candidates", [(False, 5.0), (True, 2.0)])
 def test_training_candidates_keep_stop_words_unless_asked(stopwords, candidates):
-    from ttd.method.objectives import ttd_objective
+    from ttd.train import ttd_objective
 
     objective = ttd_objective(TrainConfig(data="unused", stopwords=stopwords))
     _, metrics = objective(tiny_model(), next(iter(_batch_of(["a dog on the grass"]))))

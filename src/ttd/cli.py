@@ -25,7 +25,7 @@ def _run_info(args) -> int:
 
     from . import __version__
     from .io import default_device
-    from .models.dense import DENSE_VARIANTS
+    from .models.registry import DENSE_VARIANTS
     from .models.weights import KNOWN_WEIGHTS, embedded_models
 
     info = {

@@ -142,7 +142,7 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise TTDError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of: {', '.join(choices)}")
-        from .models.dense import dense_variant
+        from .models.registry import dense_variant
 
         try:
             dense_variant(self.dense)

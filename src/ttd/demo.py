@@ -244,7 +244,7 @@ def _adapter_dense(model: str, label: str, current: str) -> str:
 def build_demo():
     """The gradio Blocks of the page (not yet launched)."""
     gr = _gradio()
-    from .models.dense import DENSE_VARIANTS
+    from .models.registry import DENSE_VARIANTS
     from .viz import enlarge
 
     samples = {s.label: s for s in embedded_samples()}

@@ -51,11 +51,7 @@ from .distributed import Distributed, is_main_process, reduce_gradients
 from .errors import TTDError, TTDFailure
 from .io import atomic_write_bytes
 from .locks import output_lock
-from .method.objectives import (
-    ContrastiveObjective,
-    dense_label_objective,
-    ttd_objective,
-)
+from .method.objectives import ContrastiveObjective, DenseLabelObjective, TTDObjective
 from .models.dense import DenseCLIP
 
 __all__ = [
@@ -64,6 +60,7 @@ __all__ = [
     "TrainResult",
     "train",
     "pretrain",
+    "ttd_objective",
 ]
 
 log = logging.getLogger(__name__)
@@ -525,4 +522,39 @@ def _pretraining_objective(config: TrainConfig, model: DenseCLIP):
             seed_everything(config.seed)  # the same new masker in every process
             model.masker = Masker(model.clip, n_layers=config.masker_layers).to(model.device)
         return TCLObjective(config.tcl_weight, config.area_weight, config.tv_weight, config.decoder_only_steps)
-    return dense_label_objective(config) if config.dense_weight > 0 else ContrastiveObjective()
+    if config.dense_weight > 0:
+        return DenseLabelObjective(_dense_class_names(config.dense_classes), config.dense_weight)
+    return ContrastiveObjective()
+
+
+def _dense_class_names(classes_file: str) -> list[str]:
+    """The mask ablation's class names: a classes.txt (line i names class id i, first name per
+    line) or the mini-world vocabulary's nouns after ``background``."""
+    if classes_file:
+        path = Path(classes_file)
+        if not path.is_file():
+            raise TTDError(f"dense_classes file not found: {path}")
+        return [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from .data.miniworld import load_vocabulary
+
+    return ["background", *(noun.name for noun in load_vocabulary())]
+
+
+def ttd_objective(config: TrainConfig) -> TTDObjective:
+    """TTD with the settings of ``config``; ``scorer: nouns`` takes the tags from a part-of-speech
+    noun tagger (:mod:`ttd.taggers`) instead of the model."""
+    from .method.tags import TAG_SCORERS, register_tag_scorer
+
+    if config.scorer == "nouns" and "nouns" not in TAG_SCORERS:
+        from .taggers import create_tagger, tagger_scorer
+
+        register_tag_scorer("nouns", tagger_scorer(create_tagger("nouns")))
+    return TTDObjective(
+        config.selection(),
+        distance=config.distance,
+        distill_weight=config.distill_weight,
+        tag_weight=config.tag_weight,
+        eps=config.minmax_eps,
+        teacher=config.teacher,
+        tag_average=config.tag_average,
+    )

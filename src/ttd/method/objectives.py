@@ -16,8 +16,6 @@ import copy
 from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,25 +26,14 @@ from ..models.dense import DenseCLIP
 from ..models.lora import adapters_disabled
 from ..models.tokenizer import tokenize
 from .distill import DISTANCES, TAG_AVERAGES, ttd_loss
-from .tags import (
-    TAG_SCORERS,
-    SelectionInputs,
-    TagSelection,
-    batch_tags,
-    candidate_tags,
-    register_tag_scorer,
-)
-
-if TYPE_CHECKING:  # the configuration is built above the method; only its type is named here
-    from ..config import TrainConfig
+from .tags import TAG_SCORERS, SelectionInputs, TagSelection, batch_tags, candidate_tags
 
 __all__ = [
     "TTDObjective",
     "ContrastiveObjective",
     "DenseLabelObjective",
     "patch_labels",
-    "ttd_objective",
-    "dense_label_objective",
+    "symmetric_infonce",
 ]
 
 
@@ -262,37 +249,3 @@ class DenseLabelObjective:
             dense_loss, accuracy = self.dense_loss(model, dense.float(), batch.labels, batch.label_words)
         metrics.update(l_contrastive=contrastive.detach(), l_dense=dense_loss.detach(), dense_acc=accuracy.detach())
         return contrastive + self.weight * dense_loss, metrics
-
-
-# --- construction from a training configuration ---------------------------------------------
-def ttd_objective(config: TrainConfig) -> TTDObjective:
-    """The TTD objective with the settings of ``config``; ``scorer: nouns`` takes the tags from a
-    part-of-speech noun tagger (:mod:`ttd.taggers`) instead of the model."""
-    if config.scorer == "nouns" and "nouns" not in TAG_SCORERS:
-        from ..taggers import create_tagger, tagger_scorer
-
-        register_tag_scorer("nouns", tagger_scorer(create_tagger("nouns")))
-    return TTDObjective(
-        config.selection(),
-        distance=config.distance,
-        distill_weight=config.distill_weight,
-        tag_weight=config.tag_weight,
-        eps=config.minmax_eps,
-        teacher=config.teacher,
-        tag_average=config.tag_average,
-    )
-
-
-def dense_label_objective(config: TrainConfig) -> DenseLabelObjective:
-    """InfoNCE + the dense class loss; class names from ``config.dense_classes`` (a classes.txt:
-    line i names class id i, first name per line) or the mini-world vocabulary."""
-    if config.dense_classes:
-        path = Path(config.dense_classes)
-        if not path.is_file():
-            raise TTDError(f"dense_classes file not found: {path}")
-        names = [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        from ..data.miniworld import load_vocabulary
-
-        names = ["background", *(noun.name for noun in load_vocabulary())]
-    return DenseLabelObjective(names, config.dense_weight)

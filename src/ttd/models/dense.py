@@ -36,12 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import TTDError
 from ..io import weights_version
 from .clip import CLIP, ResidualAttentionBlock
 from .tokenizer import tokenize
 
-__all__ = ["DenseCLIP", "HeatmapCalibration", "DENSE_VARIANTS", "dense_variant"]
+__all__ = ["DenseCLIP", "HeatmapCalibration", "MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP", "neighbourhood_prior"]
 
 TEXT_BATCH = 256
 
@@ -226,17 +225,3 @@ class NACLIP(DenseCLIP):
         _, k, v = block.attn.qkv(block.ln_1(x))
         prior = neighbourhood_prior(*grid, self.gaussian_std, x.device, x.dtype)
         return block.attn.project_out(_attend(k, k, v, prior))
-
-
-from .tcl import TCL  # noqa: E402  (TCL builds on DenseCLIP above)
-
-DENSE_VARIANTS: dict[str, type[DenseCLIP]] = {
-    cls.name: cls for cls in (DenseCLIP, MaskCLIP, SCLIP, ClearCLIP, NACLIP, TCL)
-}
-
-
-def dense_variant(name: str) -> type[DenseCLIP]:
-    try:
-        return DENSE_VARIANTS[name.lower()]
-    except KeyError:
-        raise TTDError(f"unknown dense variant {name!r}; choose one of: {', '.join(DENSE_VARIANTS)}") from None

@@ -7,7 +7,8 @@ import torch
 from ..errors import TTDError
 from ..io import default_device
 from .clip import CLIP, CLIPConfig
-from .dense import DenseCLIP, dense_variant
+from .dense import DenseCLIP
+from .registry import dense_variant
 from .tcl import is_tcl_checkpoint, load_tcl
 from .weights import default_readout, load_weights
 

@@ -120,7 +120,7 @@ def test_tagmask_errors(tmp_path):
 
 @pytest.fixture
 def tcl_loader(monkeypatch):
-    monkeypatch.setattr(ttd.cli, "load_model_from_args", lambda args: tiny_model("tcl"))
+    monkeypatch.setattr(ttd.cli.common, "load_model_from_args", lambda args: tiny_model("tcl"))
 
 
 def test_cli_reads_the_authors_layouts(tmp_path, tcl_loader, capsys):

@@ -194,5 +194,8 @@ def test_each_embedded_model_loads_with_its_embedded_adapter(name, capsys):
     assert not before.requires_grad and not after.requires_grad  # inference outputs carry no autograd graph
     assert main(["info", "--json"]) == 0
     embedded = json.loads(capsys.readouterr().out)["embedded"]
-    assert {"name": name, "adapter": spec.adapter, "kind": spec.kind, "dense": spec.dense} in embedded
+    printed = next(e for e in embedded if e["name"] == name)
+    assert printed == {"name": name, "adapter": str(embedded_adapter(name)), "kind": spec.kind, "dense": spec.dense}
     assert {e["kind"] for e in embedded} == {"maskclip-like", "tcl-like"}
+    again = load_adapter(load_model(name, dense=spec.dense), printed["adapter"])  # --adapter takes it as printed
+    assert torch.allclose(again.heatmap(again.encode_image(images)[1], caption), after)

@@ -123,7 +123,7 @@ def test_caption_manifest_without_masks_is_refused(tmp_path):
 # --- CLI -----------------------------------------------------------------------------------
 @pytest.fixture
 def fake_loader(monkeypatch):
-    monkeypatch.setattr(ttd.cli, "load_model_from_args", lambda args: tiny_model())
+    monkeypatch.setattr(ttd.cli.common, "load_model_from_args", lambda args: tiny_model())
 
 
 def test_cli_eval_seg(generic, tmp_path, fake_loader, capsys):
@@ -184,7 +184,7 @@ import sys
 sys.path[:0] = {paths!r}
 import ttd.cli
 from helpers import tiny_model
-ttd.cli.load_model_from_args = lambda args: tiny_model()
+ttd.cli.common.load_model_from_args = lambda args: tiny_model()
 sys.exit(ttd.cli.main(sys.argv[1:]))
 """
 

@@ -337,7 +337,7 @@ def test_evaluate_needs_tags(model, tmp_path):
 @pytest.fixture
 def cli_model(model, monkeypatch):
     """Real weights cannot be downloaded here: the CLI gets the tiny random model."""
-    monkeypatch.setattr(cli, "load_model_from_args", lambda args: model)
+    monkeypatch.setattr(cli.common, "load_model_from_args", lambda args: model)
     return model
 
 

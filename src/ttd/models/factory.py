@@ -10,7 +10,7 @@ from .clip import CLIP, CLIPConfig
 from .dense import DenseCLIP
 from .registry import dense_variant
 from .tcl import is_tcl_checkpoint, load_tcl
-from .weights import default_readout, load_weights
+from .weights import default_readout, embedded_file, load_weights
 
 __all__ = ["create_model", "load_model"]
 
@@ -40,10 +40,14 @@ def load_model(
     read by :func:`ttd.models.tcl.load_tcl`), the registered readout for a known name (``clip``
     for the embedded ``miniworld-clip``), else ``maskclip``.
     """
-    if is_tcl_checkpoint(name_or_path):
+    packaged = embedded_file(name_or_path)  # an embedded TCL-like base is a TCL checkpoint too
+    if is_tcl_checkpoint(packaged or name_or_path):
         if dense not in (None, "tcl"):
             raise TTDError(f"{name_or_path} is a TCL checkpoint: pass --dense tcl (or no --dense), not {dense!r}")
-        return load_tcl(name_or_path, quick_gelu=quick_gelu).to(default_device(device)).eval().requires_grad_(False)
+        model = load_tcl(packaged or name_or_path, quick_gelu=quick_gelu)
+        if packaged:
+            model.source = str(name_or_path)  # the embedded name, not its path inside the package
+        return model.to(default_device(device)).eval().requires_grad_(False)
     variant = dense_variant(dense or default_readout(name_or_path)[0])
     loaded = load_weights(name_or_path, quick_gelu=quick_gelu)
     # Built on the meta device, then given the loaded tensors: no random initialisation to

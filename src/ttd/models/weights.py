@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from .dense import DenseCLIP
 
 __all__ = [
-    "KNOWN_WEIGHTS", "LoadedWeights", "WeightSpec", "default_readout", "embedded_adapter", "embedded_models", "load_weights",
+    "KNOWN_WEIGHTS", "LoadedWeights", "WeightSpec", "default_readout", "embedded_adapter", "embedded_file", "embedded_models",
+    "load_weights",
     "recommended_protocol", "save_weights",
 ]  # fmt: skip
 
@@ -109,6 +110,12 @@ def default_readout(name: str) -> tuple[str, str]:
     image, since at the default calibration they sit below the threshold), else MaskCLIP's on raw maps."""
     spec = KNOWN_WEIGHTS.get(str(name))
     return (spec.dense, spec.caption_normalize) if spec else ("maskclip", "none")
+
+
+def embedded_file(name: str) -> Path | None:
+    """The packaged weights file of the embedded weights ``name`` (None for other weights)."""
+    spec = KNOWN_WEIGHTS.get(str(name))
+    return asset(spec.packaged) if spec is not None and spec.packaged else None
 
 
 def embedded_adapter(name: str) -> Path | None:

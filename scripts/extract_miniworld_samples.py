@@ -3,13 +3,15 @@
 
     python scripts/extract_miniworld_samples.py --world data/mw64 --count 32
 
-By default from the ``test`` split: held-out clip-art instances that no embedded model was
+By default from the ``test`` split: drawings in held-out styles that no embedded model was
 trained on, 2–4 objects, the held-out caption wording (docs/miniworld.md). Deterministic: the
 records of ``WORLD/SPLIT/tags.jsonl`` are taken in file order, preferring
 captions with several depicted words (where single tag bias shows) and, among those, nouns not
 yet covered; ties keep file order. Output: ``images/KEY.jpg``, ``masks/KEY_caption.png``,
 ``masks/KEY_WORD.png`` (copied byte for byte), ``tags.jsonl`` (the manifest format of
-``ttd.data.manifest``, paths relative to it) and ``build.json`` (the build's options, for provenance).
+``ttd.data.manifest``, paths relative to it; each record also lists its ``drawings``: set, icon
+name, author and licence of every object, for attribution) and ``build.json`` (the build's
+options, for provenance).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 from ttd.data.manifest import write_manifest
@@ -37,16 +40,32 @@ def choose(records: list[dict], count: int) -> list[dict]:
     return sorted(chosen, key=records.index)
 
 
+def drawings_of(world: Path, split: str, keys: set[str]) -> dict[str, list[dict]]:
+    """key → the drawings its objects are (from the shards' KEY.json and build.json's licences)."""
+    info = json.loads((world / "build.json").read_text(encoding="utf-8")).get("drawings", {})
+    found: dict[str, list[dict]] = {}
+    for shard in sorted((world / split / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key = member.name.rsplit(".", 1)[0]
+                if member.name.endswith(".json") and key in keys:
+                    meta = json.loads(tar.extractfile(member).read())
+                    found[key] = [info.get(o["file"], {"name": o["file"]}) for o in meta["objects"]]
+    return found
+
+
 def extract(world: Path, out: Path, count: int, split: str = "test") -> Path:
     manifest = world / split / "tags.jsonl"
     records = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    chosen = choose(records, count)
+    drawings = drawings_of(world, split, {Path(r["image"]).stem for r in chosen})
     if out.exists():
         shutil.rmtree(out)
     (out / "images").mkdir(parents=True)
     (out / "masks").mkdir()
     written = []
-    for record in choose(records, count):
-        entry = dict(record)
+    for record in chosen:
+        entry = dict(record, drawings=drawings.get(Path(record["image"]).stem, []))
         for field, rel in [("image", record["image"]), ("caption_mask", record["caption_mask"])]:
             target = f"{'images' if field == 'image' else 'masks'}/{Path(rel).name}"
             shutil.copyfile(manifest.parent / rel, out / target)
@@ -65,7 +84,7 @@ def main() -> None:
     parser.add_argument("--world", type=Path, required=True, help="a `ttd data miniworld` build")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--count", type=int, default=32)
-    parser.add_argument("--split", default="test", help="the split to copy from (default test: held-out instances)")
+    parser.add_argument("--split", default="test", help="the split to copy from (default test: held-out styles)")
     args = parser.parse_args()
     path = extract(args.world, args.out, args.count, args.split)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

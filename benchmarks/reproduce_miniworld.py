@@ -85,7 +85,7 @@ ABLATIONS = (
     Run("src_image", {"scorer": "image"}, "tags selected by s_image (Eq. 1)"),
     Run("src_nouns", {"scorer": "nouns"}, "tags = the caption's nouns (spaCy POS tagger)"),
 )
-CHOSEN: dict[str, str] = {}  # base → the tuning run whose settings are reported; filled after tuning (see the report)
+CHOSEN: dict[str, str] = {}  # base → the tuning run whose settings are reported (--chosen; "auto": see choose_run)
 
 
 RECIPES = {  # base → (training config, architecture or None: the frozen CLIP of another base), in ttd/assets/miniworld
@@ -224,7 +224,23 @@ def readout_probe(base: Base, world: Path, args) -> dict:
 
     probe = argparse.Namespace(**{**vars(args), "limit": min(args.limit or 300, 300)})
     return {name: evaluate(Base(base.name, base.kind, name, base.weights), None, world, "val", probe, tasks=("caption", "seg"))
-            for name in DENSE_VARIANTS if name != "tcl"}  # the readouts share the base's default calibration
+            for name in DENSE_VARIANTS if name != "tcl"}  # every readout at the calibration of the weights probed
+
+
+def tuning_score(e: dict) -> float:
+    """The figure ``--chosen BASE=auto`` maximises on the tuning split: the mean of the paper's three
+    headline figures (tag F1, CaptionIoU, mIoU; all in percent)."""
+    return (100 * e["tags"]["pixel"]["f1"] + e["caption"]["CaptionIoU"] + e["seg"]["mIoU"]) / 3
+
+
+def choose_run(base: str, tuning: list[Run], ev: dict) -> Run:
+    """The reported TTD setting of a base: ``--chosen``'s, or with ``auto`` the tuning run with the best
+    :func:`tuning_score` on ``--tune`` val (never a reported split)."""
+    name = CHOSEN.get(base, "paper")
+    if name == "auto":
+        name = max(tuning, key=lambda r: tuning_score(ev[f"{base}/tune/{r.name}"])).name
+        CHOSEN[base] = name
+    return next(r for r in TUNING if r.name == name)
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -305,7 +321,7 @@ def report(bases, ev: dict, trained: dict, args, command: str, wall: float) -> s
         lines += [f"## `{b}` ({base.kind}, dense readout `{base.dense}`)", ""]
         if f"{b}/readouts" in ev:
             rows = [[name, f"{e['seg']['mIoU']:.1f}", *bias_cells(e)] for name, e in ev[f"{b}/readouts"].items()]
-            lines += ["Dense readouts of the base (`--tune` val, 300 images, default calibration):", "",
+            lines += ["Dense readouts of the base (`--tune` val, 300 images, all at the probed weights' calibration):", "",
                       markdown_table(["readout", "mIoU", *BIAS_HEADERS], rows)]
         tuned = [(r, ev.get(f"{b}/tune/{r.name}")) for r in TUNING]
         if f"{b}/tune/base" in ev:
@@ -401,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="weights the tuning runs of a base use (default: its --base weights), e.g. the fp32 "
                              "pretraining output of the fp16 copy that the reported runs use")
     parser.add_argument("--chosen", action="append", default=[], metavar="BASE=RUN",
-                        help="the tuning run whose settings a base's reported TTD uses (default: paper)")
+                        help="the tuning run whose settings a base's reported TTD uses (default: paper; auto: the best "
+                             "mean of tag F1, CaptionIoU and mIoU on --tune val)")
     parser.add_argument("--ablate", action="append", default=[], metavar="BASE",
                         help="also run the paper's ablations (loss terms, tag source) on this base")
     parser.add_argument("--tuning", default=None, help="comma-separated tuning runs (default: all)")
@@ -462,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     for base in bases:
         print(f"== {base.name}: reported runs", flush=True)
-        chosen = next(r for r in TUNING if r.name == CHOSEN.get(base.name, "paper"))
+        chosen = choose_run(base.name, tuning, ev)
         trained[f"{base.name}/ttd"] = train_run(base, chosen, args)
         for split in REPORTED_SPLITS:
             ev[f"{base.name}/base/{split}"] = evaluate(base, None, args.world, split, args,

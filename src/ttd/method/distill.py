@@ -59,8 +59,8 @@ def distance(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> tor
     ``mse`` (default): (pred − target)²; ``l1``: |pred − target|; ``bce``: binary cross-entropy
     of the heatmap (a probability) against the soft target. Most targets are 0 (every unselected
     word, everywhere), and L1, which pulls each heatmap towards the median of its targets, then
-    shrinks the objects' heatmaps too: on the mini-world it lowered CaptionIoU and mIoU where MSE
-    raised both (docs/results/miniworld.md).
+    shrinks the objects' heatmaps too: on mini-world I it lowered CaptionIoU and mIoU where MSE
+    raised both (docs/results/miniworld-i.md).
     """
     pred, target = pred.float(), target.float()
     if kind == "l1":

@@ -153,13 +153,20 @@ json.dump(results, open(sys.argv[2], "w"))
 """
 
 
-def replay(tmp: Path, cases: list[dict]) -> list[dict]:
-    """Each case's exit code, stderr and stdout, from one subprocess that runs them in turn."""
-    (tmp / "cases.json").write_text(json.dumps(cases))
+def cli_env(tmp: Path, **changes: str | None) -> dict[str, str]:
+    """The environment of a ``ttd`` subprocess: this checkout, offline, a text cache in ``tmp``;
+    ``changes`` set variables (``None`` unsets one)."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "TTD_CACHE": str(tmp / "cache"),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **changes}
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def replay(tmp: Path, cases: list[dict], **env: str | None) -> list[dict]:
+    """Each case's exit code, stderr and stdout, from one subprocess (environment :func:`cli_env`)
+    that runs them in turn."""
+    (tmp / "cases.json").write_text(json.dumps(cases))
     proc = subprocess.run([sys.executable, "-c", _DRIVER, str(tmp / "cases.json"), str(tmp / "results.json")],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=1200)  # a guard against hangs on a loaded machine
+                          cwd=tmp, env=cli_env(tmp, **env), capture_output=True, text=True, timeout=1200)  # a guard against hangs on a loaded machine
     assert proc.returncode == 0, proc.stderr
     return json.loads((tmp / "results.json").read_text())
 

@@ -88,3 +88,16 @@ def test_without_gradio_the_command_says_what_to_install(monkeypatch, capsys):
     assert main(["demo"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "ttd demo: error: the demo needs gradio: pip install 'ttd[demo]'"
+
+
+def test_ten_concurrent_requests_give_the_serial_answer():
+    """The page serves requests in threads that share the cached models (and their text caches)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sample = embedded_samples()[1]
+    adapter = embedded_adapters("miniworld")[ADAPTER]
+    expected = analyse(sample.image, sample.caption, model="miniworld", adapter=adapter).table()
+    with ThreadPoolExecutor(10) as pool:
+        tables = list(pool.map(lambda _: analyse(sample.image, sample.caption, model="miniworld", adapter=adapter).table(),
+                               range(10)))
+    assert tables == [expected] * 10

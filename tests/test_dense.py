@@ -118,7 +118,7 @@ def test_text_in_training_mode_is_uncached_and_differentiable(tiny_model):
     emb = model.encode_text(["a cat", "a dog", "a cat"])
     assert emb.requires_grad
     torch.testing.assert_close(emb[0], emb[2])
-    assert model._text_cache == {}
+    assert model._text_cache[1] == {}
 
 
 def test_batched_text_equals_one_by_one(tiny_model):

@@ -2,133 +2,26 @@
 
 Each case asserts its exit code (0 success, 1 failure, 2 usage error), at most one line on stderr
 for an error, never a traceback, and that the inputs are unchanged. To stay fast, one subprocess
-runs many cases (``_DRIVER`` calls ``ttd.cli.main`` per case, with optional fault seams).
+runs many cases (``helpers.replay``: ``ttd.cli.main`` per case, with optional fault seams); the
+inputs are conftest's ``world``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
-from helpers import make_pairs, tiny_model, write_manifest
-
-from ttd.models import load_model
-from ttd.models.lora import LoRAConfig, base_fingerprint, inject_lora, save_adapter, set_trainable
-from ttd.models.weights import save_weights
-
-SRC = Path(__file__).parent.parent / "src"
-_PROGRESS = re.compile(r"\[\d+:\d\d")  # a progress bar's elapsed time, e.g. "[00:03, 1.2img/s]"
-
-# Runs each case of argv[1] (JSON) through ttd.cli.main; writes [{rc, err, traceback}] to argv[2].
-_DRIVER = r"""
-import contextlib, errno, io, json, os, sys, tempfile, traceback
-import PIL.Image
-from ttd.cli import main
-
-def enospc(*args, **kwargs):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/fake/disk/file")
-
-os.umask(0o022)
-cases, results = json.load(open(sys.argv[1])), []
-for case in cases:
-    err, out, tb = io.StringIO(), io.StringIO(), None
-    saved = tempfile.mkstemp, PIL.Image.Image.save
-    if case.get("seam") == "enospc":
-        tempfile.mkstemp = PIL.Image.Image.save = enospc
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            rc = main(case["argv"])
-    except SystemExit as exit:
-        rc = exit.code
-    except BaseException:
-        rc, tb = None, traceback.format_exc()
-    finally:
-        tempfile.mkstemp, PIL.Image.Image.save = saved
-    results.append({"rc": rc, "err": err.getvalue(), "traceback": tb})
-json.dump(results, open(sys.argv[2], "w"))
-"""
-
-
-def _replay(tmp: Path, cases: list[dict]) -> list[dict]:
-    (tmp / "cases.json").write_text(json.dumps(cases))
-    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "TTD_CACHE": str(tmp / "cache"),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(tmp / "cases.json"), str(tmp / "results.json")],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=1200)  # a guard against hangs on a loaded machine
-    assert proc.returncode == 0, proc.stderr
-    return json.loads((tmp / "results.json").read_text())
-
-
-def _check(cases: list[dict], results: list[dict]) -> None:
-    """Every case's exit code, one error line, no traceback; all mismatches reported at once."""
-    wrong = []
-    for case, got in zip(cases, results, strict=True):
-        name = " ".join(case["argv"][:2]) + f" ({case['why']})"
-        lines = [line for line in got["err"].replace("\r", "\n").splitlines() if line.strip() and not _PROGRESS.search(line)]
-        if got["traceback"] or "Traceback" in got["err"]:
-            wrong.append(f"{name}: {got['traceback'] or got['err']}")
-        elif got["rc"] != case["rc"]:
-            wrong.append(f"{name}: rc {got['rc']}, stderr {got['err']!r}")
-        elif case["rc"] != 0 and not (len(lines) == 1 and ": error: " in lines[0]):
-            wrong.append(f"{name}: not one error line: {got['err']!r}")
-        elif case.get("says", "") not in got["err"]:
-            wrong.append(f"{name}: {case['says']!r} not in {got['err']!r}")
-    assert not wrong, "\n".join(wrong)
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    """The inputs every case reads: tiny weights, an adapter, image-text pairs, a segmentation set."""
-    root = tmp_path_factory.mktemp("inputs")
-    weights = save_weights(tiny_model(), root / "tiny.safetensors")
-    model = load_model(str(weights), dense="maskclip")
-    model.base_fingerprint = base_fingerprint(model)
-    inject_lora(model, LoRAConfig(rank=2))
-    set_trainable(model, "lora")
-    adapter = save_adapter(model, root / "adapter")
-    tensors = load_file(str(adapter))
-    meta = {"ttd": json.dumps(json.loads((root / "adapter" / "adapter.json").read_text()))}
-    save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, str(root / "nan.safetensors"), metadata=meta)
-    save_file(tensors, str(root / "badmeta.safetensors"), metadata={"ttd": "{not json"})
-    pairs = write_manifest(root / "pairs", make_pairs(6))
-    unreadable = write_manifest(root / "unreadable", make_pairs(4), corrupt=(0, 1, 2, 3))
-    (root / "latin1.jsonl").write_bytes('{"image": "a.jpg", "caption": "caf\xe9"}\n'.encode("latin-1"))
-    with zipfile.ZipFile(root / "broken.pt", "w") as z:
-        z.writestr("archive/data.pkl", b"\x80\x02K\x05.")  # a pickled int, not a module
-    seg = root / "seg"
-    for name in ("images", "masks"):
-        (seg / name).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for stem, suffix in (("a", ".jpg"), ("b", ".PNG"), ("c", ".png")):
-        Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(seg / "images" / f"{stem}{suffix}")
-        Image.fromarray(rng.integers(0, 3, (32, 40), dtype=np.uint8)).save(seg / "masks" / f"{stem}.png")
-    (seg / "classes.txt").write_text("background\ncat\ndog\n")
-    image = seg / "images" / "a.jpg"
-    Image.new("RGB", (1, 1), (200, 10, 10)).save(root / "pixel.png")
-    return {"root": root, "weights": str(weights), "adapter": str(adapter), "pairs": str(pairs),
-            "unreadable": str(unreadable), "seg": str(seg), "image": str(image)}
-
+from helpers import check_cases, digest, replay
 
 def test_bad_inputs_give_one_line_and_the_right_exit_code(world, tmp_path):
     w, root = world, world["root"]
-    before = _digest(root)
+    before = digest(root)
     model = ["--model", w["weights"]]
     seg = ["segment", w["image"], *model, "--out", str(tmp_path / "o.png")]
     train = ["train", "--data", w["pairs"], *model, "--steps", "2", "--batch-size", "2", "--image-size", "32",
@@ -189,9 +82,9 @@ def test_bad_inputs_give_one_line_and_the_right_exit_code(world, tmp_path):
              seam="enospc"),
         dict(argv=[*evalseg, "--out", str(tmp_path / "e4")], rc=0, why="generic set with .PNG"),
     ]
-    results = _replay(tmp_path, cases)
-    _check(cases, results)
-    assert _digest(root) == before  # no input was touched
+    results = replay(tmp_path, cases)
+    check_cases(cases, results)
+    assert digest(root) == before  # no input was touched
     assert not (tmp_path / "nan" / "adapter.safetensors").exists()
     for line in (tmp_path / "nan" / "log.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
@@ -242,8 +135,8 @@ def test_runs_are_never_lost(world, tmp_path):
         dict(argv=["tags", w["image"], long, "--model", w["weights"]], rc=0, why="a caption over 77 tokens",
              says="cut"),
     ]
-    results = _replay(tmp_path, cases)
-    _check(cases, results)
+    results = replay(tmp_path, cases)
+    check_cases(cases, results)
     assert "taking over the stale lock" in results[1]["err"] and not (stale / ".ttd.lock").exists()
     assert not (evalout / ".results.json.abc123.tmp").exists()
     kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
@@ -258,8 +151,8 @@ def test_runs_are_never_lost(world, tmp_path):
         dict(argv=_run_for(tmp_path, w, hurt, "--resume"), rc=0, why="resume after damage", says="step_00000002"),
         dict(argv=_run_for(tmp_path, w, only, "--stop-after", "1"), rc=0, why="one checkpoint"),
     ]
-    results = _replay(tmp_path, cases)
-    _check(cases, results)
+    results = replay(tmp_path, cases)
+    check_cases(cases, results)
     assert (hurt / "adapter.safetensors").is_file()
     assert [json.loads(line)["step"] for line in (hurt / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     import pickle
@@ -271,5 +164,5 @@ def test_runs_are_never_lost(world, tmp_path):
     (only / "checkpoints" / "step_00000001" / "trainer.pt").write_bytes(pickle.dumps(Evil()))
     cases = [dict(argv=_run_for(tmp_path, w, only, "--resume"), rc=1, why="a malicious trainer.pt",
                   says="no intact checkpoint")]
-    _check(cases, _replay(tmp_path, cases))
+    check_cases(cases, replay(tmp_path, cases))
     assert not (tmp_path / "pwned").exists()

@@ -4,7 +4,7 @@ Encoding a benchmark vocabulary costs minutes on a CPU (COCO-Stuff with 80 templ
 synonyms is ≈ 13,700 prompts), far more than segmenting a few images. Entries are keyed by
 (weights fingerprint, queries, templates); the fingerprint hashes the model's whole state dict
 (adapter and calibration included), so any change to the weights misses the cache.
-Location: ``$TTD_CACHE`` or ``~/.cache/ttd``; files are written atomically.
+Location: ``$TTD_CACHE`` or ``~/.cache/ttd`` (none without a home folder); files are written atomically.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,15 +21,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .io import atomic_write_bytes, fingerprint, weights_version
+from .io import REFUSED, atomic_write_bytes, fingerprint, weights_version
 
 __all__ = ["cache_dir", "weights_fingerprint", "class_embeddings"]
 
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TTD_CACHE") or Path.home() / ".cache" / "ttd")
+def cache_dir() -> Path | None:
+    """``$TTD_CACHE``, else ``~/.cache/ttd``; ``None`` (no disk cache: embeddings are computed
+    afresh) when there is no home folder either (``HOME`` unset and the user unknown to the system)."""
+    if os.environ.get("TTD_CACHE"):
+        return Path(os.environ["TTD_CACHE"])
+    try:
+        return Path.home() / ".cache" / "ttd"
+    except RuntimeError:  # pathlib's "Could not determine home directory"
+        return None
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -58,15 +66,21 @@ def class_embeddings(
     """(Q, C) text embeddings of ``queries`` under ``templates``, from the disk cache when present."""
     if not queries:
         return torch.empty(0, model.config.embed_dim, device=model.device)
-    if not use_cache:
+    folder = cache_dir() if use_cache else None
+    if folder is None:
         return _encode(model, queries, templates)
     key = json.dumps([weights_fingerprint(model), list(queries), list(templates)], ensure_ascii=False)
-    path = cache_dir() / "text" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+    path = folder / "text" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
     if path.is_file():
         try:
             return load_file(path)["embeddings"].to(model.device)
         except (SafetensorError, OSError, KeyError):
             pass  # a damaged entry is simply recomputed and rewritten
     emb = _encode(model, queries, templates)
-    atomic_write_bytes(path, save({"embeddings": emb.detach().cpu().contiguous()}, metadata={"key": key[:4096]}))
+    try:
+        atomic_write_bytes(path, save({"embeddings": emb.detach().cpu().contiguous()}, metadata={"key": key[:4096]}))
+    except OSError as err:  # a read-only cache folder costs the next run time, not this one its result
+        if err.errno not in REFUSED:
+            raise
+        warnings.warn(f"text cache not written to {path.parent} ({err.strerror}); set TTD_CACHE to a writable folder")
     return emb

@@ -1,8 +1,8 @@
-"""One exception type for bad input: the CLI prints its message as one line, never a traceback."""
+"""The exceptions the CLI turns into one line (never a traceback): bad input, failed runs, signals."""
 
 from __future__ import annotations
 
-__all__ = ["TTDError", "TTDFailure"]
+__all__ = ["Interrupted", "TTDError", "TTDFailure"]
 
 
 class TTDError(ValueError):
@@ -18,3 +18,12 @@ class TTDFailure(TTDError):
     """A run that started from good input and failed (diverged, found no readable sample): exit 1."""
 
     exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop by signal ``signum``: SIGTERM raises it where Ctrl-C raises KeyboardInterrupt, so a
+    ``kill`` stops as cleanly (finished work kept, no half-written file); the CLI exits 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from .errors import TTDError
 
@@ -21,6 +21,7 @@ __all__ = [
     "IMAGENET_STD",
     "MAX_PIXELS",
     "load_image",
+    "turn_like",
     "decode_image",
     "to_tensor",
     "normalize",
@@ -64,7 +65,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     if path.is_dir():
         raise TTDError(f"{path} is a folder, not an image; give an image file")
     if not path.is_file():
-        raise TTDError(f"image not found: {path}")
+        raise TTDError(f"image {path} is a symbolic link to nothing (a loop, or a missing target); give an image file"
+                       if path.is_symlink() else f"image not found: {path}")
     return _open_rgb(path, str(path), max_pixels)
 
 
@@ -93,6 +95,27 @@ def _open_rgb(source, name: str, max_pixels: int) -> Image.Image:
         raise TTDError(f"image {name} is too large to decode safely ({err}); resize it first") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise TTDError(f"cannot read image {name}: {err} (is it a complete image file?)") from None
+
+
+# EXIF orientation → the turn of an (H, W) label that Pillow's exif_transpose gives its image
+_TURNS = {
+    2: lambda x: x.flip(1), 3: lambda x: x.flip(0, 1), 4: lambda x: x.flip(0), 5: lambda x: x.T,
+    6: lambda x: torch.rot90(x, -1), 7: lambda x: x.flip(0, 1).T, 8: lambda x: torch.rot90(x, 1),
+}
+
+
+def turn_like(label: torch.Tensor, image_path: str | os.PathLike) -> torch.Tensor:
+    """``label`` (H, W), drawn on the stored pixels of ``image_path``, turned by that file's EXIF
+    orientation as :func:`load_image` turns the image, so the two stay aligned; a label not of the
+    stored shape (drawn on the turned picture already) is left as it is."""
+    try:
+        with Image.open(image_path) as img:
+            orientation, (w, h) = img.getexif().get(ExifTags.Base.Orientation, 1), img.size
+    except (OSError, SyntaxError, ValueError):
+        return label  # load_image reports an unreadable image
+    if orientation not in _TURNS or tuple(label.shape) != (h, w):
+        return label
+    return _TURNS[orientation](label).contiguous()
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

@@ -5,7 +5,9 @@ Free of a top-level torch import, so the torch-free modules (protocols, vocabula
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -20,10 +22,12 @@ if typing.TYPE_CHECKING:  # torch is imported where it is used: `ttd --help` sta
     import torch
 
 __all__ = [
-    "asset", "read_named_or_file", "is_file", "value_type", "coerce", "fingerprint", "inputs_digest", "file_digest",
-    "files_digest", "weights_version", "atomic_write_bytes", "remove_temporaries", "save_json", "markdown_table",
-    "default_device",
+    "REFUSED", "asset", "read_named_or_file", "is_file", "value_type", "coerce", "fingerprint", "inputs_digest",
+    "file_digest", "files_digest", "weights_version", "atomic_write_bytes", "remove_temporaries", "save_json",
+    "save_image", "markdown_table", "default_device",
 ]
+
+REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)  # the OS refusing a write (read-only, no permission), unlike a full disk
 
 
 def asset(*parts: str) -> Path:
@@ -145,8 +149,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file: name the output
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
     return path
 
@@ -167,6 +173,16 @@ def _umask() -> int:
 
 def save_json(obj, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_image(image, path: str | os.PathLike) -> Path:
+    """A PIL image in the format its suffix names, encoded in memory and written atomically: a kill
+    or a file-size limit never leaves a half-written picture."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=Image.registered_extensions()[Path(path).suffix.lower()])
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:

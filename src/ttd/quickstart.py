@@ -26,7 +26,7 @@ from PIL import Image
 from .data.manifest import ManifestRecord, read_manifest
 from .errors import TTDError
 from .evaluate.miniworld import EMBEDDED_MODEL, SAMPLES_MANIFEST, miniworld_protocol
-from .io import atomic_write_bytes, markdown_table, save_json
+from .io import atomic_write_bytes, markdown_table, save_image, save_json
 from .method.tags import TagSelection, TagSelector, clean_word
 from .protocols import CAPTION_THRESHOLD
 
@@ -242,8 +242,7 @@ def run_quickstart(
         raise TTDError(f"--out {out} is a file; give a folder")
     examples = _example_rows(picked, selections, heatmaps, targets)
     figure_path = out / "figure.png"
-    figure_path.parent.mkdir(parents=True, exist_ok=True)
-    _figure(picked, heatmaps, targets, examples).save(figure_path)
+    save_image(_figure(picked, heatmaps, targets, examples), figure_path)
     result = QuickstartResult(out, out / "report.md", figure_path, summary, examples, time.perf_counter() - start)
     settings = {"model": model, "dense": dense, "adapter": str(adapter), "samples": str(samples), "tau": tau,
                 "caption_threshold": caption_threshold, "caption_normalize": caption_normalize}

@@ -129,7 +129,7 @@ class Segmenter:
         use_cache: bool = True,
         window_batch: int = 16,
     ):
-        self.model = model.eval()
+        self.model = model.eval() if model.training else model  # no flip of a model other threads share
         self.protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
         self.use_cache = use_cache
         self.window_batch = max(1, int(window_batch))

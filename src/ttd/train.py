@@ -48,7 +48,7 @@ from .checkpoints import (
 )
 from .config import TrainConfig, config_to_yaml
 from .distributed import Distributed, is_main_process, reduce_gradients
-from .errors import TTDError, TTDFailure
+from .errors import Interrupted, TTDError, TTDFailure
 from .io import atomic_write_bytes
 from .locks import output_lock
 from .method.objectives import ContrastiveObjective, DenseLabelObjective, TTDObjective
@@ -87,6 +87,7 @@ class TrainResult:
     checkpoint: Path | None
     metrics: dict[str, float]
     stopped_early: bool
+    signal: int = 0  # the signal (SIGINT, SIGTERM) that stopped the run early; 0 if none
 
 
 class Trainer:
@@ -165,7 +166,7 @@ class Trainer:
             pin_memory=self.dist.device.type == "cuda",
             labels=getattr(objective, "needs_labels", False),
         )
-        self._stop_requested = False
+        self._stop_signal = 0  # the signal that asked for a stop (0: none yet)
 
     def _param_groups(self, config: TrainConfig) -> list[dict]:
         """Matrices decay, vectors and scalars do not; the calibration's two scalars may take
@@ -276,9 +277,9 @@ class Trainer:
         return log_path.open("a", encoding="utf-8"), writer
 
     def _on_signal(self, signum, frame) -> None:
-        if self._stop_requested:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self._stop_requested = True
+        if self._stop_signal:  # a second signal: stop now
+            raise Interrupted(signum)
+        self._stop_signal = signum
         if self.dist.main:
             print(f"\nsignal {signum}: stopping after this step with a checkpoint (again to abort)", file=sys.stderr)
 
@@ -330,7 +331,7 @@ class Trainer:
                     loss.backward()
                     local = torch.tensor([float(loss.detach()), *(float(metrics[k]) for k in self.objective.metrics)])
                 nonfinite = float(not math.isfinite(local[0]))
-                total, stop, nonfinite = reduce_gradients(self.params, float(n), [float(self._stop_requested), nonfinite], self.dist)
+                total, stop, nonfinite = reduce_gradients(self.params, float(n), [float(bool(self._stop_signal)), nonfinite], self.dist)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or math.inf)
                 if nonfinite or not math.isfinite(grad_norm):
                     self._diverged()
@@ -369,7 +370,7 @@ class Trainer:
                 log_file.close()
             if writer:
                 writer.close()
-        return TrainResult(self.step, adapter, checkpoint, last, self.step < cfg.steps)
+        return TrainResult(self.step, adapter, checkpoint, last, self.step < cfg.steps, self._stop_signal)
 
     def _skipped(self) -> int:
         """Unreadable samples skipped so far, summed over all processes."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL
 from ..errors import TTDError
+from ..io import REFUSED
+
+RERUN = "rerun the same command to resume"  # the hint of an interrupted command that resumes by itself
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -38,12 +42,29 @@ def load_model_from_args(args):
     return model.eval()
 
 
-def output_lock(folder, args):
-    """The lock of an output folder this command writes (held by the main process of a torchrun)."""
+def output_lock(folder, args) -> contextlib.ExitStack:
+    """The lock of an output folder this command writes (held by the main process of a torchrun),
+    taken before any work: a folder the OS refuses to write is a usage error then, not at the end."""
     from ..distributed import is_main_process
     from ..locks import output_lock
 
-    return output_lock(folder, " ".join(filter(None, (args.command, getattr(args, "task", None)))), is_main_process())
+    lock = contextlib.ExitStack()
+    with writable("out", folder):
+        lock.enter_context(output_lock(folder, " ".join(filter(None, (args.command, getattr(args, "task", None)))),
+                                       is_main_process()))
+    return lock
+
+
+@contextlib.contextmanager
+def writable(flag: str, path):
+    """The OS refusing to write an output (a read-only disk, no permission) is a one-line usage
+    error naming the flag; other OS errors (a full disk) stay failures."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in REFUSED:
+            raise
+        raise TTDError(f"--{flag} {path}: {err.strerror}; choose a writable --{flag}") from None
 
 
 def check(ok: bool, flag: str, value, need: str) -> None:
@@ -92,6 +113,7 @@ def add_run_flags(p: argparse.ArgumentParser, skip: tuple) -> None:
     p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
                    help="no progress bar (logs still go to log.jsonl)")
     add_config_flags(p, skip=skip)
+    p.set_defaults(resume_hint="rerun with --resume to continue from the newest checkpoint")
 
 
 def add_protocol_args(p: argparse.ArgumentParser, default: str) -> None:

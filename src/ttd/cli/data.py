@@ -128,7 +128,7 @@ def _add_data_prune(data_sub) -> None:
     q.add_argument("--image-size", type=int, default=224, help="scoring resolution (default 224)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     common.add_model_args(q)
-    q.set_defaults(run=_run_prune)
+    q.set_defaults(run=_run_prune, resume_hint=common.RERUN)
 
 
 def _run_prune(args) -> int:

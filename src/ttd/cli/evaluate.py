@@ -62,6 +62,7 @@ def _add_eval_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore checkpoints of an earlier run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(resume_hint=common.RERUN)
     common.add_model_args(p)
 
 

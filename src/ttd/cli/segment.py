@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import TTDError
 from . import common
 
@@ -32,6 +30,7 @@ def add(sub) -> None:
 
 def _run_segment(args) -> int:
     from ..images import load_image
+    from ..io import save_image
     from ..segment import Segmenter, segment_figure
 
     extra = {"scales": args.scales, "flip": args.flip, "pamr": args.pamr}
@@ -55,10 +54,11 @@ def _run_segment(args) -> int:
             print(f"{name!r}: {share:.1f}% of the image above {shown.threshold:.2f}")
         else:
             print(f"{name:<24} {share:5.1f}%")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    shown.overlay.save(args.out)
+    with common.writable("out", args.out):
+        save_image(shown.overlay, args.out)
     print(f"overlay written to {args.out}")
     if args.heatmaps:
-        shown.heatmaps.save(args.heatmaps)
+        with common.writable("heatmaps", args.heatmaps):
+            save_image(shown.heatmaps, args.heatmaps)
         print(f"heatmaps written to {args.heatmaps}")
     return 0

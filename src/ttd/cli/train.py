@@ -34,7 +34,7 @@ def _run_train(args) -> int:
         print(f"adapter: {result.adapter}")
     else:
         print(f"stopped at step {result.step}/{config.steps}; continue with: ttd train --out {config.out} --resume")
-    return 0
+    return _exit_code(result)
 
 
 def _add_pretrain(sub) -> None:
@@ -66,4 +66,9 @@ def _run_pretrain(args) -> int:
         print(f"stopped at step {result.step}/{config.steps}; continue with: ttd pretrain --out {config.out} --resume")
     else:
         print(f"weights: {config.out}/{'tcl.pth' if config.objective == 'tcl' else 'model.safetensors'}")
-    return 0
+    return _exit_code(result)
+
+
+def _exit_code(result) -> int:
+    """0, or 128 + the signal that stopped the run after its checkpoint (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + result.signal if result.signal else 0

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import TTDError
-from ..images import load_image
+from ..images import load_image, turn_like
 from ..vocabulary import BUILTIN_VOCABULARIES, Vocabulary
 
 __all__ = [
@@ -87,9 +87,10 @@ class SegmentationSample:
     name: str
 
 
-def read_label(path: Path, reduce_zero_label: bool = False) -> torch.Tensor:
+def read_label(path: Path, reduce_zero_label: bool = False, image: Path | None = None) -> torch.Tensor:
     """A label PNG (palette or grey, 8 or 16 bit) → int64 class ids; with ``reduce_zero_label``
-    0 becomes ignore (255) and every other id moves down by one (mmsegmentation's rule)."""
+    0 becomes ignore (255) and every other id moves down by one (mmsegmentation's rule). Given the
+    ``image`` it was drawn on, the label turns with that image's EXIF orientation."""
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
@@ -102,6 +103,8 @@ def read_label(path: Path, reduce_zero_label: bool = False) -> torch.Tensor:
             raise
         raise TTDError(f"cannot read label {path}: {err}") from None
     label = torch.from_numpy(label)
+    if image is not None:
+        label = turn_like(label, image)
     if reduce_zero_label:
         label = torch.where(label == 0, IGNORE_INDEX, label - 1)
         label[label == IGNORE_INDEX - 1] = IGNORE_INDEX
@@ -123,7 +126,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> SegmentationSample:
         stem, image_path, label_path = self.items[index]
         image = load_image(image_path)
-        label = read_label(label_path, self.reduce_zero_label)
+        label = read_label(label_path, self.reduce_zero_label, image_path)
         if tuple(label.shape) != (image.height, image.width):
             raise TTDError(
                 f"label {label_path} is {label.shape[1]}×{label.shape[0]} "

@@ -73,7 +73,7 @@ class CaptionMaskDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> CaptionSample:
         record = self.records[index]
         image = load_image(record.image)
-        mask = read_label(record.caption_mask)
+        mask = read_label(record.caption_mask, image=record.image)
         if tuple(mask.shape) != (image.height, image.width):
             raise TTDError(
                 f"caption mask {record.caption_mask} is {mask.shape[1]}×{mask.shape[0]} but image {record.image} "
@@ -85,7 +85,7 @@ class CaptionMaskDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _tag_mask(record: ManifestRecord, path, shape) -> torch.Tensor:
-        mask = read_label(path)
+        mask = read_label(path, image=record.image)
         if tuple(mask.shape) != tuple(shape):
             raise TTDError(f"tag mask {path} is {mask.shape[1]}×{mask.shape[0]} but image {record.image} is {shape[1]}×{shape[0]}")
         return (mask != 0) & (mask != IGNORE_INDEX)

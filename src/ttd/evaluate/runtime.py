@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..cache import weights_fingerprint
 from ..distributed import Distributed
-from ..io import atomic_write_bytes, save_json
+from ..io import atomic_write_bytes, save_image, save_json
 from ..metrics import ConfusionMatrix
 
 __all__ = ["EvalCheckpoint", "evaluation_loop"]
@@ -162,8 +162,7 @@ def evaluation_loop(
         _update(metric, pairs)
         for sample, (prediction, _) in zip(samples, pairs):
             if draw and step < figures:
-                Path(figure_dir).mkdir(parents=True, exist_ok=True)
-                figure(sample, prediction).save(Path(figure_dir) / f"{sample.name.replace('/', '_')}.png")
+                save_image(figure(sample, prediction), Path(figure_dir) / f"{sample.name.replace('/', '_')}.png")
             step += 1
         bar.update(len(samples))
         if checkpoint is not None and step // checkpoint_every > (step - len(samples)) // checkpoint_every:

@@ -58,12 +58,13 @@ __all__ = [
 
 CLIP_LOGIT_SCALE = 100.0
 NORMALIZATIONS = ("softmax", "minmax", "none")
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}“”‘’«»…—–]")
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}“”‘’«»…—–\x00-\x1f\x7f]")  # and control characters (NUL)
 
 
 # --- candidates -----------------------------------------------------------------------------
 def clean_word(word: str) -> str:
-    """One whitespace word as a candidate: lower-cased, punctuation stripped (may become '')."""
+    """One whitespace word as a candidate: lower-cased, punctuation and control characters stripped
+    (may become '')."""
     return _PUNCT.sub("", word.lower())
 
 

@@ -77,8 +77,7 @@ class DenseCLIP(nn.Module):
         self.finetune = "lora"  # what training updates: "lora" (adapters + calibration) or "full"
         self.lora_config = None  # the LoRAConfig of injected adapters; None without (or after merging)
         self.base_fingerprint: str | None = None  # of the base weights, taken before training changes them
-        self._text_cache: dict[str, torch.Tensor] = {}
-        self._text_cache_key: tuple = ()
+        self._text_cache: tuple[tuple, dict[str, torch.Tensor]] = ((), {})  # (weights version, string → embedding)
 
     # --- shapes -----------------------------------------------------------------------------
     @property
@@ -123,17 +122,20 @@ class DenseCLIP(nn.Module):
             texts = [texts]
         if self.training:
             return self._encode_unique(list(dict.fromkeys(texts)), texts)
-        key = weights_version(self)  # any change to the weights invalidates cached text embeddings
-        if key != self._text_cache_key:
-            self._text_cache, self._text_cache_key = {}, key
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        # The (version, dict) pair is read and replaced as one object and only this local dict is used
+        # below, so concurrent callers (the demo's requests) never see another's reset half-way.
+        version, (key, cache) = weights_version(self), self._text_cache
+        if key != version:  # any change to the weights invalidates cached text embeddings
+            cache = {}
+            self._text_cache = version, cache
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
         if missing:
             with torch.no_grad():
                 embedded = self._encode_unique(missing, missing)
-            self._text_cache.update(zip(missing, embedded))
+            cache.update(zip(missing, embedded))
         if not texts:
             return torch.empty(0, self.config.embed_dim, device=self.device)
-        return torch.stack([self._text_cache[t] for t in texts])
+        return torch.stack([cache[t] for t in texts])
 
     def _encode_unique(self, unique: list[str], texts: Sequence[str]) -> torch.Tensor:
         # Shortest first, so each chunk pads only to its own longest row.
@@ -154,7 +156,7 @@ class DenseCLIP(nn.Module):
         return [sd[k] for k in ("visual.conv1.weight", "token_embedding.weight", "positional_embedding")]
 
     def clear_text_cache(self) -> None:
-        self._text_cache, self._text_cache_key = {}, ()
+        self._text_cache = (), {}
 
     # --- heatmaps ---------------------------------------------------------------------------
     def _text_embeddings(self, text: Sequence[str] | torch.Tensor) -> torch.Tensor:

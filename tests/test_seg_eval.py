@@ -144,6 +144,11 @@ def test_cli_print_protocol_and_errors(tmp_path, fake_loader, capsys):
     assert ttd.cli.main(["eval", "seg", "--dataset", "voc21", "--protocol", "tcl", "--print"]) == 0
     printed = capsys.readouterr().out  # TCL's authors' settings, each a knob
     assert all(k in printed for k in ("kp_weight: 0.3", "background_threshold: 0.4", "crop_size: 448", "stride: 224", "pamr: true"))
+    assert ttd.cli.main(["eval", "seg", "--protocol", "tcl", "--print"]) == 0  # no dataset: the preset alone
+    printed = capsys.readouterr().out
+    assert all(k in printed for k in ("name: tcl", "kp_weight: 0.3", "crop_size: 448"))
+    assert ttd.cli.main(["eval", "seg", "--root", str(tmp_path), "--out", "x"]) == 2
+    assert "--dataset is required" in capsys.readouterr().err
     assert ttd.cli.main(["eval", "seg", "--dataset", "voc21", "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ttd eval: error: dataset voc21: ") and "JPEGImages not found" in err and "\n" not in err

@@ -68,8 +68,8 @@ def _add_eval_run_args(p: argparse.ArgumentParser) -> None:
 
 def _add_eval_seg(sub) -> None:
     p = sub.add_parser("seg", help="open-vocabulary semantic segmentation on a benchmark (mIoU, mFPR, mFNR)")
-    p.add_argument("--dataset", required=True,
-                   help="voc21 voc20 context60 context59 coco_object coco_stuff171 cityscapes ade20k, or generic")
+    p.add_argument("--dataset", help="voc21 voc20 context60 context59 coco_object coco_stuff171 cityscapes ade20k, "
+                                     "or generic (required unless --print-protocol: the protocol without a dataset's own knobs)")
     p.add_argument("--root", help="dataset folder (mmsegmentation or TTD layout; generic: images/, masks/, classes.txt)")
     p.add_argument("--layout", default="auto", choices=["auto", "mmseg", "ttd"],
                    help="folder layout: mmseg (VOCdevkit/…), ttd (the TTD authors' VOC2012/validation/{image,mask}/ …), "
@@ -133,7 +133,7 @@ def _run_eval_seg(args) -> int:
     from ..evaluate.segmentation import evaluate_segmentation, segmentation_markdown
 
     return _run_evaluation(
-        args, common.resolve_protocol(args, args.dataset), ("root", "out"),
+        args, common.resolve_protocol(args, args.dataset), ("dataset", "root", "out"),
         lambda: load_dataset(args.dataset, args.root, args.layout), evaluate_segmentation, segmentation_markdown,
         use_cache=args.use_cache,
     )

@@ -1,13 +1,14 @@
 """Put a pretrained mini-world base, or its TTD adapter, into the package as ``ttd`` ships them.
 
-    python scripts/embed_miniworld_base.py miniworld-clip --weights RUN/calibrated-clip.safetensors
-    python scripts/embed_miniworld_base.py miniworld --weights RUN/tcl.pth
-    python scripts/embed_miniworld_base.py miniworld --adapter RUNS/miniworld-paper-XXXX/adapter.safetensors
+    python scripts/embed_miniworld_base.py miniworld-clip --weights RUN/model.safetensors
+    python scripts/embed_miniworld_base.py miniworld-clip --adapter RUNS/miniworld-clip-balanced-XXXX/adapter.safetensors
+    python scripts/embed_miniworld_base.py miniworld --weights RUN/tcl.pth --out runs/mw2/tcl.pth   # a copy elsewhere
 
 ``--weights``: an fp16 copy at the registry's packaged path (``KNOWN_WEIGHTS[NAME].packaged``;
 half the fp32 size, so each file stays well under the 25 MB limit on committed files), recording
 the registered name as its source: a CLIP as a ttd ``.safetensors`` with its calibration and the
-``miniworld`` protocol, a TCL-like base as a ``tcl.pth``. ``--adapter``: the adapter rewritten at
+``miniworld`` protocol, a TCL-like base as a ``tcl.pth`` (``--out`` writes the copy elsewhere, e.g.
+for a base the registry does not hold as its kind yet). ``--adapter``: the adapter rewritten at
 the registry's adapter path with ``base`` set to the registered name; it must have been trained on
 the embedded fp16 copy (its base fingerprint is checked), which is why the reported TTD runs of
 ``benchmarks/reproduce_miniworld.py`` train on these copies.
@@ -16,6 +17,7 @@ the embedded fp16 copy (its base fingerprint is checked), which is why the repor
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -26,11 +28,14 @@ from ttd.models.tcl import TCL, save_tcl
 from ttd.models.weights import KNOWN_WEIGHTS, embedded_models, save_weights
 
 
-def embed_weights(name: str, weights: str) -> None:
+def embed_weights(name: str, weights: str, out: Path | None = None) -> None:
     spec = KNOWN_WEIGHTS[name]
-    model = load_model(weights, dense=None if spec.dense == "tcl" else spec.dense)
+    model = load_model(weights)  # the file's own variant: tcl for a tcl.pth; the readout does not change the weights
     model.source = name  # what its adapters record as their base
-    out = asset(spec.packaged)
+    out = out or asset(spec.packaged)
+    if isinstance(model, TCL) != (out.suffix == ".pth"):
+        raise SystemExit(f"{weights} and {out} differ in kind (a TCL-like base is written as a tcl.pth, a CLIP as "
+                         ".safetensors): pass --out with the right suffix, or register the base as its kind")
     if isinstance(model, TCL):
         save_tcl(model, out, dtype=torch.float16)
     else:
@@ -51,9 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--weights", help="the pretraining output (ttd .safetensors, or tcl.pth for a TCL-like base)")
     what.add_argument("--adapter", help="a TTD adapter trained on the embedded copy of NAME")
+    parser.add_argument("--out", type=Path, help="with --weights: write the fp16 copy here instead of into the package")
     args = parser.parse_args(argv)
     if args.weights:
-        embed_weights(args.name, args.weights)
+        embed_weights(args.name, args.weights, args.out)
     else:
         embed_adapter(args.name, args.adapter)
 
